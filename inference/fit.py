@@ -1,0 +1,143 @@
+"""``inference.fit``: one entry point for every method, returning a Posterior."""
+import math
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from .elbo import NonFiniteError, elbo_terms, first_nonfinite_site
+from .guides import GUIDES
+from .posterior import Posterior, is_global
+
+METHODS = {}  # name -> fitter(model, data, **options) -> Posterior, for methods that are not SVI guides
+
+
+class FitError(ValueError):
+    """fit() was given an invalid option or data."""
+
+
+def register_method(name):
+    """Register a non-SVI method (NUTS, ensembles, ...) under ``inference.fit(..., guide=name)``."""
+    def wrap(fn):
+        METHODS[name] = fn
+        return fn
+    return wrap
+
+
+def method_names():
+    return sorted([*GUIDES, *METHODS])
+
+
+def unpack(data, device=None):
+    """(x, y) or (x, y, mask) or an object with .x .y .mask -> tensors on ``device``."""
+    if hasattr(data, "x"):
+        x, y, mask = data.x, data.y, getattr(data, "mask", None)
+    else:
+        x, y, *rest = data
+        mask = rest[0] if rest else None
+    move = (lambda t: t if t is None else t.to(device)) if device is not None else (lambda t: t)
+    return move(x), move(y), move(mask)
+
+
+def minibatches(n, batch_size, steps, generator):
+    """Indices for ``steps`` minibatches, each epoch a fresh permutation (full batch when batch_size >= n)."""
+    if batch_size is None or batch_size >= n:
+        for _ in range(steps):
+            yield None
+        return
+    done = 0
+    while done < steps:
+        perm = torch.randperm(n, generator=generator)
+        for i in range(0, n - batch_size + 1, batch_size):
+            if done == steps:
+                return
+            yield perm[i:i + batch_size]
+            done += 1
+
+
+def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, num_particles=1,
+        kl_anneal=0, temperature=1.0, clip_norm=None, seed=0, device=None, progress=True,
+        guide_options=None, **method_options):
+    """Fit ``model`` to ``data`` with a guide or method chosen by name, and return a Posterior.
+
+    SVI options: ``steps`` of Adam at ``lr`` (cosine-decayed to lr/10), minibatches of
+    ``batch_size`` (the likelihood is scaled to the full data), ``num_particles``
+    vectorized ELBO particles, ``kl_anneal`` steps of linear KL warm-up,
+    ``temperature`` T on the likelihood (T < 1 is a cold posterior), ``clip_norm``
+    for gradient clipping. ``guide`` may also be a Pyro guide callable, or a method
+    registered with ``register_method`` (for example ``nuts``), which receives the
+    remaining options.
+    """
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise FitError(f"temperature must be positive and finite, got {temperature}")
+    if steps < 0 or num_particles < 1:
+        raise FitError(f"steps must be >= 0 and num_particles >= 1, got {steps} and {num_particles}")
+    pyro.set_rng_seed(seed)
+    if device is not None:
+        model.to(device)
+    x, y, mask = unpack(data, next(model.parameters()).device)
+    if isinstance(guide, str) and guide in METHODS:
+        return METHODS[guide](model, (x, y, mask), steps=steps, lr=lr, batch_size=batch_size,
+                              temperature=temperature, seed=seed, progress=progress,
+                              **(guide_options or {}), **method_options)
+    if method_options:
+        raise FitError(f"unknown option(s) for guide '{guide}': {', '.join(method_options)}")
+    name, guide = build_guide(guide, model, x, y, mask, guide_options or {})
+    losses = svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_anneal, temperature,
+                 clip_norm, seed, progress, name)
+    return Posterior(model, name, guide=guide, point=(name == "map"),
+                     info={"losses": losses, "steps": steps, "temperature": temperature, "num_particles": num_particles,
+                           "guide_options": dict(guide_options or {}), "seed": seed},
+                     x_proto=x[:2], mask_proto=None if mask is None else mask[:2])
+
+
+def build_guide(guide, model, x, y, mask, options):
+    if callable(guide) and not isinstance(guide, str):
+        guide(x[:2], None, None if mask is None else mask[:2])  # let lazily built guides create parameters
+        return getattr(guide, "name", type(guide).__name__), guide
+    if guide not in GUIDES:
+        raise FitError(f"unknown guide '{guide}'; valid: {', '.join(method_names())}")
+    proto = (x[:2], y[:2], None if mask is None else mask[:2])
+    try:
+        return guide, GUIDES[guide](model, *proto, **options).to(x.device)
+    except TypeError as e:
+        raise FitError(f"guide '{guide}': {e}") from None
+
+
+def svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_anneal, temperature, clip_norm,
+        seed, progress, name):
+    """Minimize the negative ELBO with Adam; stops with the step and site if anything turns non-finite."""
+    params = {n: p for n, p in [*model.named_parameters(), *(("guide." + k, v) for k, v in guide.named_parameters())]
+              if p.requires_grad}
+    if not params:
+        return []
+    optim = torch.optim.Adam(params.values(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, max(steps, 1), eta_min=lr / 10)
+    n = x.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    bar = tqdm(minibatches(n, batch_size, steps, generator), total=steps, desc=f"fit {name}", disable=not progress,
+               leave=False)
+    model.train()
+    for step, idx in enumerate(bar):
+        xb, yb, mb = (x, y, mask) if idx is None else (x[idx], y[idx], None if mask is None else mask[idx])
+        terms = elbo_terms(model, guide, xb, yb, mb, n, num_particles=num_particles)
+        beta = min(1.0, (step + 1) / kl_anneal) if kl_anneal else 1.0
+        loss = terms.loss(temperature, beta)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"loss is {loss.item()} at step {step}; first non-finite site: "
+                                 f"'{first_nonfinite_site(terms)}'; parameters are kept at step {step - 1}")
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params.values(), clip_norm or math.inf)
+        if not torch.isfinite(norm):
+            bad = next(k for k, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all())
+            raise NonFiniteError(f"gradient of '{bad.replace('__', '.')}' is not finite at step {step}; "
+                                 f"parameters are kept at step {step - 1} (try clip_norm or a lower lr)")
+        optim.step()
+        schedule.step()
+        losses.append(loss.item() / n)
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    model.eval()
+    return losses

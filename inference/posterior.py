@@ -1,0 +1,100 @@
+"""The fitted Posterior every method returns: it draws, predicts, converts, saves and loads."""
+from contextlib import nullcontext
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+SAMPLES_DIM = -2  # the plate of posterior draws sits left of the data plate
+
+
+def draws_plate(s):
+    return pyro.plate("samples", s, dim=SAMPLES_DIM) if s > 1 else nullcontext()
+
+
+def is_global(site):
+    """Global sites (weights, hyper-parameters) live outside the ``data`` plate; local ones inside."""
+    return (not site["infer"].get("is_auxiliary") and not site_is_subsample(site)
+            and not any(f.name == "data" for f in site["cond_indep_stack"]))
+
+
+class Posterior:
+    """A fitted posterior over a model's latent sites.
+
+    It holds either a ``guide`` (SVI methods: draws are sampled on demand, local
+    sites such as attention rows given the inputs) or fixed ``draws`` (MCMC,
+    ensembles: a dict of parameter name -> tensor [S, *shape], run through the
+    network directly). ``point=True`` marks a point estimate (MAP): it predicts once.
+    """
+
+    def __init__(self, model, method, guide=None, draws=None, point=False, info=None, x_proto=None,
+                 mask_proto=None):
+        if (guide is None) == (draws is None):
+            raise ValueError("a Posterior holds either a guide or draws")
+        self.model, self.method, self.guide, self.draws = model, method, guide, draws
+        self.point = point
+        self.info = dict(info or {})
+        self.x_proto, self.mask_proto = x_proto, mask_proto
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def num_draws(self, num_samples=None):
+        """S for a request: 1 for a point estimate, all stored draws when ``num_samples`` is None."""
+        if self.point:
+            return 1
+        if self.draws is not None:
+            held = next(iter(self.draws.values())).shape[0]
+            if num_samples is not None and num_samples > held:
+                raise ValueError(f"asked for {num_samples} draws but the posterior holds {held}")
+            return held if num_samples is None else num_samples
+        return num_samples or 100
+
+    @torch.no_grad()
+    def sample(self, num_samples=None, x=None, mask=None):
+        """Draws of the global latent sites as name -> [S, *shape] (S = 1 for a point estimate)."""
+        s = self.num_draws(num_samples)
+        if self.draws is not None:
+            return {n: v[:s] for n, v in self.draws.items()}
+        if x is None:
+            x, mask = self.x_proto, self.mask_proto
+        with draws_plate(s):
+            trace = poutine.trace(self.guide).get_trace(x, None, mask)
+        return {n: site["value"].reshape(s, *site["fn"].event_shape)
+                for n, site in trace.iter_stochastic_nodes() if is_global(site)}
+
+    @torch.no_grad()
+    def predict(self, x, num_samples=None, mask=None, batch_size=1024):
+        """Class probabilities [S, N, K] for S posterior draws (S = 1 for a point estimate).
+
+        Global draws are taken once and shared across batches, so each of the S
+        rows is one function evaluated on every input.
+        """
+        was_training = self.model.training
+        self.model.train(self.info.get("dropout_at_test", False))
+        try:
+            s = self.num_draws(num_samples)
+            x = x.to(self.device)
+            mask = None if mask is None else mask.to(self.device)
+            draws = self.sample(s, x[:batch_size], None if mask is None else mask[:batch_size])
+            out = [self._probs(x[i:i + batch_size], None if mask is None else mask[i:i + batch_size], draws, s)
+                   for i in range(0, x.shape[0], batch_size)]
+            return torch.cat(out, dim=-2)
+        finally:
+            self.model.train(was_training)
+
+    def _probs(self, x, mask, draws, s):
+        if self.guide is None:  # fixed draws of network parameters: run the network on them directly
+            names = dict(self.model.net.named_parameters())
+            params = {n: v for n, v in draws.items() if n in names}  # hyper-parameter draws are not needed here
+            logits = self.model.net(x, mask, params, samples=s if s > 1 else None)
+            return logits.softmax(-1).expand(s, *logits.shape[-2:])
+        values = {n: v.reshape(s, 1, *v.shape[1:]) if s > 1 else v[0] for n, v in draws.items()}
+        with draws_plate(s):
+            guide_trace = poutine.trace(poutine.condition(self.guide, values)).get_trace(x, None, mask)
+            latent = {n: site["value"] for n, site in guide_trace.nodes.items()
+                      if site["type"] == "sample" and not site["infer"].get("is_auxiliary") and not site_is_subsample(site)}
+            logits = poutine.condition(self.model, latent)(x, None, mask)
+        return logits.softmax(-1).reshape(s, *logits.shape[-2:])

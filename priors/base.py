@@ -1,0 +1,70 @@
+"""The prior interface: one method that maps a sample site to a distribution."""
+from dataclasses import dataclass, field
+from math import prod
+
+import pyro.distributions as dist
+
+
+class PriorError(ValueError):
+    """A prior was given an invalid parameter or cannot serve a site."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """What a prior may know about a sample site: never which model it is in.
+
+    ``role`` is one of ``weight``, ``bias``, ``embedding``, ``norm`` or
+    ``attention``; ``context`` carries data-dependent inputs (for example the
+    keys of an attention layer) for priors that need them.
+    """
+
+    name: str
+    shape: tuple
+    fan_in: int
+    role: str = "weight"
+    context: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def numel(self):
+        return prod(self.shape)
+
+
+class Prior:
+    """Base class: ``prior(site)`` returns a distribution whose event shape is ``site.shape``.
+
+    A prior may itself call ``pyro.sample`` (hierarchical priors do), so it is
+    called inside the model, once per site and model run.
+    """
+
+    def __call__(self, site: Site) -> dist.Distribution:
+        raise NotImplementedError
+
+    def spec(self) -> str:
+        """The ``NAME:key=value`` string that rebuilds this prior (see ``priors.parse``)."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        return self.spec()
+
+
+def positive(name, value, prior):
+    """Check a positive prior parameter, naming the prior and parameter when it is not."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise PriorError(f"{prior}: parameter '{name}' must be a number, got {value!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise PriorError(f"{prior}: parameter '{name}' must be positive and finite, got {value}")
+    return value
+
+
+def independent(base, site):
+    """Expand an elementwise distribution to the site's shape as one event."""
+    return base.expand(site.shape).to_event(len(site.shape))
+
+
+def format_spec(name, params):
+    """``gaussian`` + ``{"scale": 1.0}`` -> ``gaussian:scale=1``."""
+    def show(v):
+        return str(v).lower() if isinstance(v, bool) else f"{v:g}"
+    return name + (":" + ",".join(f"{k}={show(v)}" for k, v in params.items()) if params else "")

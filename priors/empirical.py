@@ -1,0 +1,51 @@
+"""An empirical prior: per-site Gaussians moment-matched to a trained network's weights."""
+import pyro.distributions as dist
+import torch
+
+from .base import Prior, PriorError, format_spec, independent
+
+
+class Empirical(Prior):
+    """N(mean_site, std_site^2) per site, with mean and std taken from trained weights.
+
+    Build it with ``Empirical.fit(state_dict)`` (a MAP network's weights, for example
+    the ``weights.pt`` that ``bzoo fit --guide map`` writes) or from the command line
+    as ``empirical:path=weights.pt``. ``min_scale`` floors the std of tiny tensors.
+    """
+
+    name = "empirical"
+
+    def __init__(self, moments, min_scale=1e-2, path=None):
+        self.moments = dict(moments)
+        self.min_scale = float(min_scale)
+        self.path = path
+
+    @classmethod
+    def fit(cls, state_dict, min_scale=1e-2, path=None):
+        moments = {}
+        for name, w in state_dict.items():
+            w = torch.as_tensor(w, dtype=torch.float64).flatten()
+            std = w.std().item() if w.numel() > 1 else 0.0
+            moments[name] = (w.mean().item(), max(std, min_scale))
+        return cls(moments, min_scale, path)
+
+    @classmethod
+    def load(cls, path, min_scale=1e-2):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise PriorError(f"empirical: weights file '{path}' does not exist") from None
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input error
+            raise PriorError(f"empirical: cannot read weights file '{path}': {e}") from None
+        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+            raise PriorError(f"empirical: '{path}' must hold a state dict of tensors")
+        return cls.fit(state, min_scale, path=str(path))
+
+    def __call__(self, site):
+        if site.name not in self.moments:
+            raise PriorError(f"empirical prior has no trained weights for site '{site.name}'")
+        loc, scale = self.moments[site.name]
+        return independent(dist.Normal(loc, scale), site)
+
+    def spec(self):
+        return format_spec(self.name, {}) + (f":path={self.path}" if self.path else "")

@@ -1,0 +1,6 @@
+"""Transformer models as Pyro models, datasets and the ``bzoo`` command line."""
+from .classifier import ModelError, TransformerClassifier
+from .transformer import Transformer, TransformerConfig
+
+__version__ = "0.1.0"
+__all__ = ["TransformerClassifier", "Transformer", "TransformerConfig", "ModelError", "__version__"]

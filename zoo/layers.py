@@ -1,0 +1,64 @@
+"""Tensor ops that broadcast over an optional leading sample dimension.
+
+A parameter is either plain (``[out, in]``) or carries draws (``[S, out, in]``).
+Activations carry the same leading ``S`` once any drawn parameter has touched
+them. Plain parameters take exactly the ops an ordinary ``nn.Module`` would, so a
+point-estimate model costs what plain PyTorch costs.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _per_sample(v, x):
+    """Reshape ``v`` of shape [S, d] so it broadcasts against ``x`` of shape [S, ..., d]."""
+    return v.view(v.shape[0], *([1] * (x.dim() - 2)), v.shape[-1])
+
+
+def linear(x, w, b=None):
+    """``x @ w.T + b``; with drawn ``w`` [S, out, in], ``x`` must lead with the same S."""
+    if w.dim() == 2:
+        return F.linear(x, w, b)
+    y = torch.matmul(x.reshape(w.shape[0], -1, x.shape[-1]), w.transpose(-1, -2))
+    if b is not None:
+        y = y + (b.unsqueeze(-2) if b.dim() == 2 else b)
+    return y.reshape(*x.shape[:-1], w.shape[-2])
+
+
+def layer_norm(x, w, b, eps=1e-5):
+    if w.dim() == 1 and b.dim() == 1:
+        return F.layer_norm(x, (x.shape[-1],), w, b, eps)
+    x = F.layer_norm(x, (x.shape[-1],), eps=eps)
+    w = _per_sample(w, x) if w.dim() == 2 else w
+    b = _per_sample(b, x) if b.dim() == 2 else b
+    return x * w + b
+
+
+def embedding(tokens, w):
+    if w.dim() == 2:
+        return F.embedding(tokens, w)
+    return w[:, tokens]
+
+
+def softmax_attention(q, k, v, mask=None, layer=None):
+    """Ordinary scaled dot-product attention; ``mask`` [B, T] is True for real keys."""
+    attn_mask = None if mask is None else mask[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+def sinusoidal_positions(max_len, d_model):
+    pos = torch.arange(max_len, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(max_len, d_model)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : d_model // 2]
+    return table
+
+
+def masked_mean(h, mask):
+    """Mean over the time axis (-2) of ``h`` counting only positions where ``mask`` is True."""
+    if mask is None:
+        return h.mean(-2)
+    m = mask.to(h.dtype).unsqueeze(-1)
+    return (h * m).sum(-2) / m.sum(-2)

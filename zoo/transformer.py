@@ -1,0 +1,125 @@
+"""The deterministic transformer: parameters live here, any of them can be overridden.
+
+Read it like nanoGPT's model file. ``Transformer.forward(x, mask, params)`` runs the
+network with ``params`` (a dict of full parameter names to tensors, possibly with
+a leading sample dimension) standing in for the module's own parameters; that is
+how Bayesian sites and draws enter without the network knowing about Pyro.
+"""
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .layers import embedding, layer_norm, linear, masked_mean, sinusoidal_positions, softmax_attention
+
+
+@dataclass
+class TransformerConfig:
+    num_classes: int
+    input_dim: int | None = None  # channels of real-valued input [B, T, C]
+    vocab_size: int | None = None  # or the number of integer tokens [B, T]
+    d_model: int = 32
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: int = 2
+    max_len: int = 512
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if (self.input_dim is None) == (self.vocab_size is None):
+            raise ValueError("give exactly one of input_dim (real-valued input) or vocab_size (tokens)")
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by heads={self.heads}")
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class Block(nn.Module):
+    """Pre-norm block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        d = cfg.d_model
+        self.ln1 = nn.LayerNorm(d)
+        self.attn = nn.Module()
+        self.attn.qkv = nn.Linear(d, 3 * d)
+        self.attn.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.mlp = nn.Module()
+        self.mlp.fc = nn.Linear(d, cfg.mlp_ratio * d)
+        self.mlp.proj = nn.Linear(cfg.mlp_ratio * d, d)
+
+
+class Transformer(nn.Module):
+    """Embedding + sinusoidal positions, pre-norm blocks, masked mean pooling, linear head."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.vocab_size is not None:
+            self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+            nn.init.normal_(self.embed.weight, std=0.02)
+        else:
+            self.embed = nn.Linear(cfg.input_dim, cfg.d_model)
+        self.register_buffer("pos", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.num_classes)
+        self.attend = softmax_attention  # attention-space models put a sampling attention here
+
+    def parameters_with(self, params):
+        """The module's own parameters with ``params`` standing in, and the sample count S (or None)."""
+        p = dict(self.named_parameters())
+        if not params:
+            return p, None
+        sizes = set()
+        for name, v in params.items():
+            base = p[name].shape
+            if v.dim() > len(base):
+                v = v.reshape(-1, *base)
+                sizes.add(v.shape[0])
+            p[name] = v
+        if len(sizes) > 1:
+            raise ValueError(f"parameter draws disagree on the number of samples: {sorted(sizes)}")
+        return p, (sizes.pop() if sizes else None)
+
+    def forward(self, x, mask=None, params=None, samples=None):
+        """Logits [B, K], or [S, B, K] when drawn parameters (or ``samples``) give S draws."""
+        p, s = self.parameters_with(params)
+        s = s or samples
+        cfg = self.cfg
+        if cfg.vocab_size is not None:
+            h = embedding(x, p["embed.weight"])
+        else:
+            if s and p["embed.weight"].dim() == 3:
+                x = x.expand(s, *x.shape)
+            h = linear(x, p["embed.weight"], p["embed.bias"])
+        h = h + self.pos[: h.shape[-2]]
+        if s and h.dim() == 3:
+            h = h.expand(s, *h.shape)
+        for i in range(cfg.depth):
+            h = h + self.attention(layer_norm(h, p[f"blocks.{i}.ln1.weight"], p[f"blocks.{i}.ln1.bias"]), p, i, mask)
+            h = h + self.mlp(layer_norm(h, p[f"blocks.{i}.ln2.weight"], p[f"blocks.{i}.ln2.bias"]), p, i)
+        h = masked_mean(h, mask)
+        h = layer_norm(h, p["ln_f.weight"], p["ln_f.bias"])
+        return linear(h, p["head.weight"], p["head.bias"])
+
+    def attention(self, h, p, i, mask):
+        a = f"blocks.{i}.attn."
+        *lead, t, d = h.shape
+        qkv = linear(h, p[a + "qkv.weight"], p[a + "qkv.bias"])
+        q, k, v = (z.reshape(*lead, t, self.cfg.heads, d // self.cfg.heads).transpose(-2, -3)
+                   for z in qkv.split(d, dim=-1))
+        y = self.attend(q, k, v, mask, layer=i)
+        y = y.transpose(-2, -3).reshape(*lead, t, d)
+        return self.dropout(linear(y, p[a + "proj.weight"], p[a + "proj.bias"]))
+
+    def mlp(self, h, p, i):
+        m = f"blocks.{i}.mlp."
+        h = F.gelu(linear(h, p[m + "fc.weight"], p[m + "fc.bias"]))
+        return self.dropout(linear(h, p[m + "proj.weight"], p[m + "proj.bias"]))
+
+    def dropout(self, h):
+        return F.dropout(h, self.cfg.dropout, self.training) if self.cfg.dropout else h
