@@ -1,0 +1,1 @@
+"""One module per ``bzoo`` subcommand (see ``zoo.cli``)."""
