@@ -85,6 +85,17 @@ class Posterior:
         finally:
             self.model.train(was_training)
 
+    def save(self, path, preprocessing=None, extra=None):
+        """Write this posterior to one file; see ``inference.persist.save``."""
+        from .persist import save
+        return save(self, path, preprocessing=preprocessing, extra=extra)
+
+    @classmethod
+    def load(cls, path, map_location=None):
+        """A posterior saved with ``save`` (never runs code from the file); see ``inference.persist.load``."""
+        from .persist import load
+        return load(path, map_location=map_location)
+
     def _probs(self, x, mask, draws, s):
         if self.guide is None:  # fixed draws of network parameters: run the network on them directly
             names = dict(self.model.net.named_parameters())

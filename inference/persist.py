@@ -1,0 +1,278 @@
+"""Save and load fitted Posteriors, and checkpoint SVI fits so that a killed fit resumes exactly.
+
+A posterior file is one ``torch.save`` of plain types and tensors: format and
+library versions, the model's class and ``config()``, the method name and guide
+options, the model's state dict, and either the guide's state dict (SVI guides,
+rebuilt by name from ``inference.guides.GUIDES``) or the draws (MCMC, ensembles
+and other draws-based methods). Loading uses ``torch.load(weights_only=True)``, so
+a file can never run code; the model class is looked up only inside the ``zoo``
+package.
+
+A checkpoint holds what an SVI loop needs to carry on bit-identically: model,
+guide, optimizer and schedule states, every random number generator, the step
+and the losses so far, plus a fingerprint of the fit's options so that a
+checkpoint is never resumed by a different fit.
+"""
+import importlib
+import os
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+
+FORMAT = "bayesformer-zoo"
+FORMAT_VERSION = 1  # bump when the layout below changes; files of another version are refused
+
+
+class PosteriorFileError(ValueError):
+    """A posterior or checkpoint file cannot be written or read; the message names the file and why."""
+
+
+def _library_version():
+    import zoo
+    return zoo.__version__
+
+
+def _major(version):
+    return str(version).split(".")[0]
+
+
+def _write(obj, path):
+    """torch.save to a temporary file, then rename: a crash never leaves a truncated file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _read(path, kind, map_location=None):
+    """torch.load(weights_only=True) with one-line errors, then the format and version checks."""
+    path = Path(path)
+    if not path.is_file():
+        raise PosteriorFileError(f"{kind} file '{path}' does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickled code, truncation, not a torch file: all refused the same way
+        reason = _load_failure(e)
+        raise PosteriorFileError(f"{kind} file '{path}' cannot be read safely (only tensors and plain "
+                                 f"types are loaded, never code): {reason}") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("kind") != kind:
+        raise PosteriorFileError(f"'{path}' is not a {FORMAT} {kind} file")
+    if obj.get("format_version") != FORMAT_VERSION or _major(obj.get("zoo_version")) != _major(_library_version()):
+        raise PosteriorFileError(
+            f"{kind} file '{path}' has format {obj.get('format_version')} from zoo {obj.get('zoo_version')}; "
+            f"this is zoo {_library_version()} reading format {FORMAT_VERSION} (refit, or load it with that version)")
+    return obj
+
+
+def _load_failure(error):
+    """One line from torch.load's long message: the forbidden object if there was one."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()] or [type(error).__name__]
+    forbidden = [ln for ln in lines if "global" in ln.lower()]
+    if forbidden:
+        return forbidden[0]
+    if lines[0].startswith("Weights only load failed"):
+        return "it is not a file of tensors and plain types"
+    return lines[0].split(". ")[0]
+
+
+def plain(obj, key="info"):
+    """A copy made of tensors and plain types only (what weights_only loading accepts), or None."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, np.ndarray):
+        return torch.as_tensor(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        items = [plain(v, key) for v in obj]
+        return None if any(v is None and o is not None for v, o in zip(items, obj)) else type(obj)(items)
+    if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
+        items = {k: plain(v, f"{key}.{k}") for k, v in obj.items()}
+        return None if any(items[k] is None and obj[k] is not None for k in obj) else items
+    return None
+
+
+def _plain_info(info):
+    kept, dropped = {}, []
+    for k, v in info.items():
+        p = plain(v)
+        if p is None and v is not None:
+            dropped.append(k)
+        else:
+            kept[k] = p
+    if dropped:
+        warnings.warn(f"Posterior.info entries {dropped} are not tensors or plain types and are not saved")
+    return kept
+
+
+def _model_class(name, path):
+    """The model class named in a file, looked up only inside the ``zoo`` package."""
+    module, _, qualname = name.rpartition(".")
+    if not (module == "zoo" or module.startswith("zoo.")):
+        raise PosteriorFileError(f"'{path}' names model class '{name}', which is not a zoo model")
+    try:
+        cls = getattr(importlib.import_module(module), qualname)
+    except (ImportError, AttributeError):
+        raise PosteriorFileError(f"'{path}' names model class '{name}', which this zoo version lacks") from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise PosteriorFileError(f"'{path}' names '{name}', which is not a model class")
+    return cls
+
+
+def save(posterior, path, preprocessing=None, extra=None):
+    """Write ``posterior`` to ``path`` as one file; returns the path.
+
+    ``preprocessing`` records the data standardization (``Dataset.preprocessing``)
+    so inputs can be prepared the same way later; ``extra`` is any further plain
+    metadata. Guides given as callables (not by name) cannot be rebuilt and are refused.
+    """
+    from .guides import GUIDES
+
+    model = posterior.model
+    if not hasattr(model, "config"):
+        raise PosteriorFileError(f"cannot save: model {type(model).__name__} has no config() to rebuild it from")
+    guide_based = posterior.guide is not None
+    if guide_based and posterior.method not in GUIDES:
+        raise PosteriorFileError(f"cannot save: guide '{posterior.method}' is not one of the named guides "
+                                 f"({', '.join(GUIDES)}), so it could not be rebuilt on load")
+    config = dict(model.config())
+    for name, value in (("config", config), ("preprocessing", preprocessing), ("extra", extra)):
+        if value is not None and plain(value) is None:
+            raise PosteriorFileError(f"cannot save: {name} must hold only tensors and plain types")
+    cls = type(model)
+    obj = {
+        "format": FORMAT, "kind": "posterior", "format_version": FORMAT_VERSION,
+        "zoo_version": _library_version(), "torch_version": str(torch.__version__), "pyro_version": str(pyro.__version__),
+        "model_class": f"{cls.__module__}.{cls.__qualname__}",
+        "config": plain(config),
+        "prior": plain(config.get("prior")),
+        "method": posterior.method,
+        "point": bool(posterior.point),
+        "guide_options": plain(dict(posterior.info.get("guide_options") or {})),
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "guide_state": ({k: v.detach().cpu() for k, v in posterior.guide.state_dict().items()}
+                        if guide_based else None),
+        "draws": None if guide_based else {k: v.detach().cpu() for k, v in posterior.draws.items()},
+        "info": _plain_info(posterior.info),
+        "x_proto": plain(posterior.x_proto),
+        "mask_proto": plain(posterior.mask_proto),
+        "preprocessing": plain(preprocessing),
+        "extra": plain(extra),
+    }
+    _write(obj, path)
+    return Path(path)
+
+
+def load(path, map_location=None):
+    """The Posterior saved at ``path``, on ``map_location`` (default: CPU). Never runs code from the file."""
+    import priors
+
+    from .guides import GUIDES
+    from .posterior import Posterior
+
+    obj = _read(path, "posterior", map_location="cpu")
+    cls = _model_class(obj["model_class"], path)
+    config = dict(obj["config"])
+    try:
+        if "prior" in config and isinstance(config["prior"], (str, dict)):
+            config["prior"] = priors.parse(config["prior"])
+        model = cls(**config)
+    except (TypeError, ValueError) as e:
+        raise PosteriorFileError(f"'{path}': cannot rebuild the {cls.__name__} it describes: "
+                                 f"{str(e).splitlines()[0]}") from None
+    device = torch.device(map_location) if map_location is not None else torch.device("cpu")
+    model.to(device)
+    x_proto, mask_proto = obj["x_proto"], obj["mask_proto"]
+    x_proto = None if x_proto is None else x_proto.to(device)
+    mask_proto = None if mask_proto is None else mask_proto.to(device)
+    info = {**obj["info"], "preprocessing": obj["preprocessing"], "extra": obj["extra"],
+            "zoo_version": obj["zoo_version"]}
+    guide = None
+    if obj["guide_state"] is not None:
+        if obj["method"] not in GUIDES:
+            raise PosteriorFileError(f"'{path}' was fitted with guide '{obj['method']}', which this zoo version "
+                                     f"lacks; valid: {', '.join(GUIDES)}")
+        y_proto = torch.zeros(x_proto.shape[0], dtype=torch.long, device=device)  # seen as data, not a latent
+        guide = GUIDES[obj["method"]](model, x_proto, y_proto, mask_proto, **obj["guide_options"])
+    try:  # the model's state after the guide is built, in case building the guide extends the model
+        model.load_state_dict(obj["model_state"])
+        if guide is not None:
+            guide.load_state_dict(obj["guide_state"])
+    except RuntimeError as e:
+        raise PosteriorFileError(f"'{path}': the saved state does not fit the rebuilt model and guide: "
+                                 f"{str(e).splitlines()[0]}") from None
+    if guide is None:
+        draws = {k: v.to(device) for k, v in obj["draws"].items()}
+        return Posterior(model, obj["method"], draws=draws, point=obj["point"], info=info,
+                         x_proto=x_proto, mask_proto=mask_proto)
+    guide.to(device)
+    return Posterior(model, obj["method"], guide=guide, point=obj["point"], info=info,
+                     x_proto=x_proto, mask_proto=mask_proto)
+
+
+def rng_state():
+    """Every random number generator a fit draws from, as tensors and plain types."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.as_tensor(keys.astype(np.int64)), pos, has_gauss, cached]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpoint:
+    """Snapshots of an SVI loop every ``every`` steps at ``path``, and resumption from them.
+
+    ``fingerprint`` is a dict of the fit's options (and a data checksum); a
+    checkpoint written under a different fingerprint is refused, naming the option
+    that differs, so a stale file never silently seeds an unrelated fit.
+    """
+
+    def __init__(self, path, every, fingerprint):
+        if not (isinstance(every, int) and every >= 1):
+            raise PosteriorFileError(f"checkpoint_every must be a positive integer, got {every!r}")
+        self.path, self.every, self.fingerprint = Path(path), every, plain(fingerprint)
+
+    def resume(self, model, guide, optim, schedule):
+        """Restore the saved state into these objects; returns (steps done, losses). (0, []) if no file."""
+        if not self.path.exists():
+            return 0, []
+        obj = _read(self.path, "checkpoint")
+        for key, value in self.fingerprint.items():
+            if obj["fingerprint"].get(key) != value:
+                raise PosteriorFileError(
+                    f"checkpoint '{self.path}' was written by a fit with {key}={obj['fingerprint'].get(key)!r}, "
+                    f"this fit has {key}={value!r}; use another checkpoint path or the same options")
+        model.load_state_dict(obj["model"])
+        guide.load_state_dict(obj["guide"])
+        optim.load_state_dict(obj["optim"])
+        schedule.load_state_dict(obj["schedule"])
+        set_rng_state(obj["rng"])
+        return obj["step"], obj["losses"].tolist()
+
+    def due(self, done, total):
+        return done % self.every == 0 or done == total
+
+    def save(self, done, model, guide, optim, schedule, losses):
+        """Write the state after ``done`` steps (atomically: a kill mid-write keeps the previous one)."""
+        _write({"format": FORMAT, "kind": "checkpoint", "format_version": FORMAT_VERSION,
+                "zoo_version": _library_version(), "fingerprint": self.fingerprint, "step": done,
+                "model": model.state_dict(), "guide": guide.state_dict(), "optim": optim.state_dict(),
+                "schedule": schedule.state_dict(), "rng": rng_state(),
+                "losses": torch.tensor(losses, dtype=torch.float64)}, self.path)
