@@ -4,6 +4,10 @@ from .fit import FitError, fit, method_names, register_method
 from .guides import GUIDES
 from .metrics import evaluate
 from .posterior import Posterior
+from .arviz_io import to_inference_data
+from .compare import compare
+from .prior_predictive import PriorPredictive, prior_predictive
 
 __all__ = ["fit", "Posterior", "FitError", "NonFiniteError", "GUIDES", "register_method", "method_names",
            "evaluate", "elbo_terms"]
+__all__ += ["prior_predictive", "PriorPredictive", "to_inference_data", "compare"]

@@ -66,24 +66,32 @@ class Posterior:
                 for n, site in trace.iter_stochastic_nodes() if is_global(site)}
 
     @torch.no_grad()
-    def predict(self, x, num_samples=None, mask=None, batch_size=1024):
+    def predict(self, x, num_samples=None, mask=None, batch_size=1024, draws=None):
         """Class probabilities [S, N, K] for S posterior draws (S = 1 for a point estimate).
 
         Global draws are taken once and shared across batches, so each of the S
-        rows is one function evaluated on every input.
+        rows is one function evaluated on every input. Pass ``draws`` (from
+        ``sample``) to evaluate those same functions, e.g. on train and test data.
         """
         was_training = self.model.training
         self.model.train(self.info.get("dropout_at_test", False))
         try:
-            s = self.num_draws(num_samples)
+            s = next(iter(draws.values())).shape[0] if draws else self.num_draws(num_samples)
             x = x.to(self.device)
             mask = None if mask is None else mask.to(self.device)
-            draws = self.sample(s, x[:batch_size], None if mask is None else mask[:batch_size])
+            if draws is None:
+                draws = self.sample(s, x[:batch_size], None if mask is None else mask[:batch_size])
             out = [self._probs(x[i:i + batch_size], None if mask is None else mask[i:i + batch_size], draws, s)
                    for i in range(0, x.shape[0], batch_size)]
             return torch.cat(out, dim=-2)
         finally:
             self.model.train(was_training)
+
+    def to_arviz(self, x, y, mask=None, num_samples=None, var_names=None, test=None, ood=None, seed=0):
+        """InferenceData of these draws on data (x, y); see ``inference.arviz_io.to_inference_data``."""
+        from .arviz_io import to_inference_data
+        return to_inference_data(self, x, y, mask, num_samples=num_samples, var_names=var_names, test=test,
+                                 ood=ood, seed=seed)
 
     def save(self, path, preprocessing=None, extra=None):
         """Write this posterior to one file; see ``inference.persist.save``."""

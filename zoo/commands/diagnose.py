@@ -1,0 +1,141 @@
+"""bzoo diagnose RUN_DIR: convergence (where there are chains), PSIS-LOO with Pareto k, calibration, plots.
+
+Reads ``RUN_DIR/posterior.nc`` (written by ``bzoo fit``), prints a summary and
+writes ``RUN_DIR/diagnose/``: ``diagnostics.json`` and PNG plots. R-hat is
+reported in function space (on the predictive probabilities, which are
+identifiable) and, for reference, over the weight sites (where permutation
+symmetry makes large values expected even for a good sampler).
+"""
+import json
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from inference import arviz_io, plots  # noqa: E402
+from inference.compare import metrics, predictions, stacked  # noqa: E402
+from zoo.runs import to_plain  # noqa: E402
+
+NAME = "diagnose"
+HELP = "diagnose a fitted run: R-hat/ESS, PSIS-LOO with Pareto k, calibration, plots"
+RHAT_OK = 1.01
+
+
+def add_arguments(parser):
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder holding posterior.nc (from bzoo fit)")
+    parser.add_argument("--var-names", action="append", metavar="GLOB",
+                        help="posterior sites for the trace plot (repeatable; default: up to 3 of the smallest)")
+    parser.add_argument("--bins", type=int, default=15, help="confidence bins for ECE and reliability (default 15)")
+
+
+def convergence(idata):
+    """R-hat and ESS over chains: function space (predictive probabilities) and weight space."""
+    import arviz as az
+
+    pp, post = arviz_io.group(idata, "posterior_predictive"), arviz_io.group(idata, "posterior")
+    out = {}
+    rhat = az.rhat(pp[["probs"]])["probs"].values
+    out["function_rhat"] = rhat
+    out["function_rhat_max"] = float(np.nanmax(rhat))
+    out["function_rhat_share_above"] = float(np.mean(rhat > RHAT_OK))
+    out["function_ess_bulk_min"] = float(np.nanmin(az.ess(pp[["probs"]])["probs"].values))
+    if post is not None and post.data_vars:
+        site_rhat = az.rhat(post)
+        out["weight_rhat_max"] = float(max(np.nanmax(site_rhat[v].values) for v in site_rhat.data_vars))
+    stats = arviz_io.group(idata, "sample_stats")
+    if stats is not None and "diverging" in stats:
+        out["divergences"] = int(stats["diverging"].values.sum())
+    return out
+
+
+def loo(idata):
+    import arviz as az
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the Pareto k counts below say the same, per point
+        result = az.loo(idata, pointwise=True)
+    k = np.asarray(result.pareto_k)
+    threshold = float(getattr(result, "good_k", 0.7))
+    return result, {"elpd_loo": float(result.elpd_loo), "se": float(result.se), "p_loo": float(result.p_loo),
+                    "pareto_k_threshold": threshold, "pareto_k_bad": int((k > threshold).sum()),
+                    "pareto_k_max": float(k.max()), "num_points": int(k.size)}
+
+
+def trace_sites(idata, var_names):
+    """The sites to trace and coords keeping at most two entries per dim (weights are many)."""
+    post = arviz_io.group(idata, "posterior")
+    names = list(post.data_vars)
+    if var_names:
+        names = arviz_io.select(names, var_names)
+    else:
+        names = sorted(names, key=lambda n: post[n].size)[:3]
+    coords = {d: [0, 1] for n in names for d in post[n].dims[2:] if post.sizes[d] > 2}
+    return names, coords
+
+
+def run(args):
+    root = Path(args.run_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"run folder '{root}' does not exist")
+    if not (root / "posterior.nc").is_file():
+        raise FileNotFoundError(f"'{root}' has no posterior.nc; write one with `bzoo fit --out {root}`")
+    idata = arviz_io.read(root / "posterior.nc")
+    out = root / "diagnose"
+    out.mkdir(exist_ok=True)
+    ll = arviz_io.group(idata, "log_likelihood")
+    chains, draws = ll.sizes["chain"], ll.sizes["draw"]
+    post = arviz_io.group(idata, "posterior")
+    method = post.attrs.get("method", "?") if post is not None else "?"
+    report = {"method": method, "chains": chains, "draws": draws}
+    print(f"{root}: method {method}, {chains} chain(s) x {draws} draw(s), "
+          f"{len(post.data_vars) if post is not None else 0} posterior site(s)")
+
+    if chains > 1:
+        conv = convergence(idata)
+        plots.rhat_histogram(conv.pop("function_rhat"), out / "rhat.png")
+        report["convergence"] = conv
+        flag = "ok" if conv["function_rhat_max"] <= RHAT_OK else "NOT CONVERGED"
+        print(f"R-hat (function space, predictive probs): max {conv['function_rhat_max']:.3f}, "
+              f"{conv['function_rhat_share_above']:.0%} above {RHAT_OK} [{flag}]; "
+              f"min bulk ESS {conv['function_ess_bulk_min']:.0f}")
+        if "weight_rhat_max" in conv:
+            print(f"R-hat (weight space, max over sites): {conv['weight_rhat_max']:.3f} "
+                  "(large values are expected under permutation symmetry)")
+        if "divergences" in conv:
+            print(f"divergent transitions: {conv['divergences']}")
+    else:
+        print("R-hat/ESS: one chain (SVI or single-chain MCMC), nothing to compare across chains")
+
+    if chains * draws > 1:
+        result, report["loo"] = loo(idata)
+        r = report["loo"]
+        print(f"PSIS-LOO: elpd_loo {r['elpd_loo']:.2f} (se {r['se']:.2f}), p_loo {r['p_loo']:.2f}; "
+              f"Pareto k > {r['pareto_k_threshold']:.2f} for {r['pareto_k_bad']} of {r['num_points']} points"
+              + (" [WARNING: LOO unreliable for those points]" if r["pareto_k_bad"] else " [ok]"))
+        plots.pareto_k(result, out / "pareto_k.png")
+    else:
+        print("PSIS-LOO: a point estimate has one draw; LOO needs posterior draws")
+
+    probs, y, split = predictions(idata)
+    report["calibration"] = metrics(idata, args.bins)
+    shown = ("accuracy", "nll", "ece", "aece", "brier", "entropy", "mi", "ood_auroc")
+    print(f"calibration ({split}, {len(y)} points): "
+          + "  ".join(f"{k} {report['calibration'][k]:.4f}" for k in shown if k in report["calibration"]))
+    curves = {split: (probs, y)}
+    if split == "test":
+        pp, obs = arviz_io.group(idata, "posterior_predictive"), arviz_io.group(idata, "observed_data")
+        curves["train"] = (stacked(pp, "probs"), torch.as_tensor(obs["y"].values))
+    plots.reliability_diagram(curves, out / "reliability.png", args.bins, title=f"Reliability ({method})")
+
+    if post is not None and post.data_vars:
+        names, coords = trace_sites(idata, args.var_names)
+        plots.trace(idata, out / "trace.png", names, coords)
+        report["trace_sites"] = names
+    (out / "diagnostics.json").write_text(json.dumps(to_plain(report), indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
