@@ -1,0 +1,79 @@
+"""The transformer model: site names, parity with plain PyTorch, masks, vectorized draws."""
+import pyro
+import pytest
+import torch
+
+from benchmarks.plain import PlainTransformer
+from zoo import ModelError, TransformerClassifier
+
+
+def small(**kw):
+    torch.manual_seed(0)
+    return TransformerClassifier(3, input_dim=2, d_model=16, depth=2, heads=2, **kw)
+
+
+def test_sites_are_named_after_module_paths_and_shaped_like_parameters():
+    model = small()
+    params = dict(model.net.named_parameters())
+    trace = pyro.poutine.trace(model).get_trace(torch.randn(4, 5, 2))
+    latent = [n for n, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"] and n not in ("data", "y")]
+    assert latent == list(model.sites)
+    assert "blocks.0.attn.qkv.weight" in latent and "head.bias" in latent
+    assert not any(".ln" in n or n.startswith("ln_f") for n in latent)  # layer norms stay point estimates
+    for n in latent:
+        assert trace.nodes[n]["value"].shape == params[n].shape
+
+
+def test_bayes_choices_select_sites():
+    assert list(small(bayes="last-layer").sites) == ["head.weight", "head.bias"]
+    assert small(bayes="none").sites == {}
+    assert list(small(bayes="blocks.1.mlp.*").sites) == [f"blocks.1.mlp.{a}.{b}" for a in ("fc", "proj")
+                                                          for b in ("weight", "bias")]
+    with pytest.raises(ModelError, match="'blocks.7.*'"):
+        small(bayes="blocks.7.*")
+
+
+def test_point_network_equals_plain_pytorch_with_same_weights():
+    model = small(bayes="none")
+    plain = PlainTransformer(2, 3, d_model=16, depth=2, heads=2)
+    plain.load_state_dict(model.net.state_dict())
+    x = torch.randn(5, 7, 2)
+    mask = torch.arange(7) < torch.tensor([7, 3, 5, 1, 6])[:, None]
+    assert torch.allclose(model.net(x), plain(x), atol=1e-5)
+    assert torch.allclose(model.net(x, mask), plain(x, mask), atol=1e-5)
+
+
+def test_padding_changes_nothing_and_variable_lengths_batch_like_singles():
+    model = small(bayes="none")
+    lengths = [7, 3, 5]
+    x = torch.randn(3, 7, 2)
+    mask = torch.arange(7) < torch.tensor(lengths)[:, None]
+    batched = model.net(x.masked_fill(~mask[..., None], 123.0), mask)  # garbage in the padding
+    for i, t in enumerate(lengths):
+        assert torch.allclose(batched[i], model.net(x[i:i + 1, :t])[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_vectorized_draws_equal_a_loop_over_draws(tokens):
+    torch.manual_seed(1)
+    model = TransformerClassifier(3, vocab_size=11 if tokens else None, input_dim=None if tokens else 2,
+                                  d_model=16, depth=2, heads=2)
+    x = torch.randint(0, 11, (4, 6)) if tokens else torch.randn(4, 6, 2)
+    mask = torch.arange(6) < torch.tensor([6, 2, 4, 5])[:, None]
+    s = 5
+    draws = {n: torch.randn(s, *site.shape) * 0.3 for n, site in model.sites.items()}
+    batched = model.net(x, mask, draws)
+    assert batched.shape == (s, 4, 3)
+    for i in range(s):
+        single = model.net(x, mask, {n: v[i] for n, v in draws.items()})
+        assert torch.allclose(batched[i], single, atol=1e-5)
+
+
+def test_model_logits_follow_the_particle_plate():
+    model = small()
+    x = torch.randn(4, 5, 2)
+    with pyro.plate("particles", 6, dim=-2):
+        trace = pyro.poutine.trace(model).get_trace(x, torch.zeros(4, dtype=torch.long), None, 40)
+    y = trace.nodes["y"]
+    assert y["fn"].batch_shape == (6, 4)
+    assert y["scale"] == 10.0  # 40 data points seen through a batch of 4
