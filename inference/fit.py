@@ -28,6 +28,13 @@ def method_names():
     return sorted([*GUIDES, *METHODS])
 
 
+def model_device(model):
+    """Where the model's parameters (or, failing those, buffers) live."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def unpack(data, device=None):
     """(x, y) or (x, y, mask) or an object with .x .y .mask -> tensors on ``device``."""
     if hasattr(data, "x"):
@@ -75,7 +82,7 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
     pyro.set_rng_seed(seed)
     if device is not None:
         model.to(device)
-    x, y, mask = unpack(data, next(model.parameters()).device)
+    x, y, mask = unpack(data, model_device(model))
     if isinstance(guide, str) and guide in METHODS:
         return METHODS[guide](model, (x, y, mask), steps=steps, lr=lr, batch_size=batch_size,
                               temperature=temperature, seed=seed, progress=progress,
