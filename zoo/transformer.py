@@ -14,6 +14,10 @@ import torch.nn.functional as F
 from .layers import embedding, layer_norm, linear, masked_mean, sinusoidal_positions, softmax_attention
 
 
+class InputShapeError(ValueError):
+    """Inputs do not fit the network (longer than ``max_len``, wrong channels); names the shape."""
+
+
 @dataclass
 class TransformerConfig:
     num_classes: int
@@ -87,6 +91,7 @@ class Transformer(nn.Module):
 
     def forward(self, x, mask=None, params=None, samples=None):
         """Logits [B, K], or [S, B, K] when drawn parameters (or ``samples``) give S draws."""
+        self.check_input(x)
         p, s = self.parameters_with(params)
         s = s or samples
         cfg = self.cfg
@@ -105,6 +110,17 @@ class Transformer(nn.Module):
         h = masked_mean(h, mask)
         h = layer_norm(h, p["ln_f.weight"], p["ln_f.bias"])
         return linear(h, p["head.weight"], p["head.bias"])
+
+    def check_input(self, x):
+        """Refuse inputs the network would silently truncate or fail on deep inside."""
+        cfg = self.cfg
+        tokens = cfg.vocab_size is not None
+        want = "[B, T] token ids" if tokens else f"[B, T, {cfg.input_dim}]"
+        if x.dim() != (2 if tokens else 3) or (not tokens and x.shape[-1] != cfg.input_dim):
+            raise InputShapeError(f"input of shape {list(x.shape)} does not fit the model: expected {want}")
+        if x.shape[1] > cfg.max_len:
+            raise InputShapeError(f"input of shape {list(x.shape)} has sequences of length {x.shape[1]}, longer than "
+                                  f"the model's max_len={cfg.max_len}; build the model with max_len >= {x.shape[1]}")
 
     def attention(self, h, p, i, mask):
         a = f"blocks.{i}.attn."
