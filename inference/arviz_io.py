@@ -8,6 +8,7 @@ The groups are assembled from ``xarray.Dataset``s (no framework converter, no
 group                       variable  dims
 =========================== ========= ==============================================
 posterior / prior           <site>    (chain, draw, <site>_dim_0, <site>_dim_1, ...)
+posterior                   loglik    (chain, draw): sum_i log p(y_i | x_i, theta), always there
 posterior_predictive        y         (chain, draw, obs_id): labels drawn from p(y | x, theta)
                             probs     (chain, draw, obs_id, class): p(y = k | x, theta)
 prior_predictive            y, probs  as posterior_predictive, under the prior
@@ -19,7 +20,9 @@ predictions (with test)     probs     (chain, draw, test_id, class)
 predictions_constant_data   y         (test_id,): the true test labels
 =========================== ========= ==============================================
 
-Site names keep their dots (``blocks.0.attn.qkv.weight``). SVI posteriors have
+Site names keep their dots (``blocks.0.attn.qkv.weight``). ``loglik`` keeps a
+posterior group (which ``az.loo`` needs) even when no site is selected or the
+model has no global sites (attention-only models). SVI posteriors have
 one chain; MCMC posteriors set ``info["chains"]`` and store their S = chains x
 draws draws chain after chain. A point estimate has one draw (LOO needs more).
 """
@@ -109,11 +112,11 @@ def predictive_group(probs, chains, obs_dim, seed=0, attrs=None):
                     "probs": (["chain", "draw", obs_dim, "class"], by_chain(p.astype(np.float32), chains))}, attrs)
 
 
-def log_likelihood(probs, y, chains):
+def log_likelihood(probs, y, chains, attrs=None):
     """log p(y_i | x_i, theta_s) for each draw s and point i, [chain, draw, obs_id]."""
     p = _numpy(probs).astype(np.float64)
     picked = np.take_along_axis(p, _numpy(y)[None, :, None].astype(np.int64), -1)[..., 0]
-    return dataset({"y": (["chain", "draw", "obs_id"], by_chain(np.log(np.maximum(picked, 1e-300)), chains))})
+    return dataset({"y": (["chain", "draw", "obs_id"], by_chain(np.log(np.maximum(picked, 1e-300)), chains))}, attrs)
 
 
 def attributes(posterior):
@@ -136,7 +139,8 @@ def to_inference_data(posterior, x, y, mask=None, num_samples=None, var_names=No
     """Convert a fitted ``Posterior`` on data ``(x, y[, mask])`` (usually the training set) to InferenceData.
 
     ``num_samples`` draws (SVI default 100; MCMC: all, or thinned evenly within each
-    chain); ``var_names`` picks posterior sites by name or glob (default all);
+    chain); ``var_names`` picks posterior sites by name or glob (default all; an empty
+    list keeps only ``loglik``, enough for LOO and metrics);
     ``test=(x, y[, mask])`` adds the ``predictions`` group with the same draws,
     ``ood=(x[, mask])`` adds out-of-distribution probabilities to it.
     """
@@ -156,11 +160,14 @@ def to_inference_data(posterior, x, y, mask=None, num_samples=None, var_names=No
         stats = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:])[:s] for k, v in stats.items()}
     probs = posterior.predict(x, mask=mask, batch_size=batch_size, draws=draws)
     attrs = attributes(posterior)
+    loglik = log_likelihood(probs, y, chains, attrs)
+    sites = sites_group(draws, chains, var_names, attrs)
+    sites["loglik"] = loglik["y"].sum("obs_id")
     groups = {
-        "posterior": sites_group(draws, chains, var_names, attrs),
+        "posterior": sites,
         "posterior_predictive": predictive_group(probs, chains, "obs_id", seed, attrs),
-        "log_likelihood": log_likelihood(probs, y, chains),
-        "observed_data": dataset({"y": (["obs_id"], _numpy(y))}),
+        "log_likelihood": loglik,
+        "observed_data": dataset({"y": (["obs_id"], _numpy(y))}, attrs),
         "sample_stats": dataset({k: (["chain", "draw"], by_chain(v, chains)) for k, v in stats.items()}) if stats else None,
     }
     if test is not None or ood is not None:

@@ -44,9 +44,11 @@ def convergence(idata):
     out["function_rhat_max"] = float(np.nanmax(rhat))
     out["function_rhat_share_above"] = float(np.mean(rhat > RHAT_OK))
     out["function_ess_bulk_min"] = float(np.nanmin(az.ess(pp[["probs"]])["probs"].values))
-    if post is not None and post.data_vars:
-        site_rhat = az.rhat(post)
-        out["weight_rhat_max"] = float(max(np.nanmax(site_rhat[v].values) for v in site_rhat.data_vars))
+    out["loglik_rhat"] = float(az.rhat(post[["loglik"]])["loglik"])
+    sites = [v for v in post.data_vars if v != "loglik"]
+    if sites:
+        site_rhat = az.rhat(post[sites])
+        out["weight_rhat_max"] = float(max(np.nanmax(site_rhat[v].values) for v in sites))
     stats = arviz_io.group(idata, "sample_stats")
     if stats is not None and "diverging" in stats:
         out["divergences"] = int(stats["diverging"].values.sum())
@@ -90,10 +92,10 @@ def run(args):
     ll = arviz_io.group(idata, "log_likelihood")
     chains, draws = ll.sizes["chain"], ll.sizes["draw"]
     post = arviz_io.group(idata, "posterior")
-    method = post.attrs.get("method", "?") if post is not None else "?"
+    method = ll.attrs.get("method", "?")
     report = {"method": method, "chains": chains, "draws": draws}
     print(f"{root}: method {method}, {chains} chain(s) x {draws} draw(s), "
-          f"{len(post.data_vars) if post is not None else 0} posterior site(s)")
+          f"{len(post.data_vars) - 1} posterior site(s) stored")
 
     if chains > 1:
         conv = convergence(idata)
@@ -103,6 +105,7 @@ def run(args):
         print(f"R-hat (function space, predictive probs): max {conv['function_rhat_max']:.3f}, "
               f"{conv['function_rhat_share_above']:.0%} above {RHAT_OK} [{flag}]; "
               f"min bulk ESS {conv['function_ess_bulk_min']:.0f}")
+        print(f"R-hat of the total log-likelihood: {conv['loglik_rhat']:.3f}")
         if "weight_rhat_max" in conv:
             print(f"R-hat (weight space, max over sites): {conv['weight_rhat_max']:.3f} "
                   "(large values are expected under permutation symmetry)")
@@ -132,7 +135,7 @@ def run(args):
         curves["train"] = (stacked(pp, "probs"), torch.as_tensor(obs["y"].values))
     plots.reliability_diagram(curves, out / "reliability.png", args.bins, title=f"Reliability ({method})")
 
-    if post is not None and post.data_vars:
+    if post is not None:
         names, coords = trace_sites(idata, args.var_names)
         plots.trace(idata, out / "trace.png", names, coords)
         report["trace_sites"] = names
