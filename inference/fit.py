@@ -1,12 +1,17 @@
 """``inference.fit``: one entry point for every method, returning a Posterior."""
+import itertools
 import math
+import numbers
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
+from zoo.data import check_data
+
 from .elbo import NonFiniteError, elbo_terms, first_nonfinite_site
 from .guides import GUIDES
+from .persist import Checkpoint
 from .posterior import Posterior, is_global
 
 METHODS = {}  # name -> fitter(model, data, **options) -> Posterior, for methods that are not SVI guides
@@ -64,7 +69,7 @@ def minibatches(n, batch_size, steps, generator):
 
 def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, num_particles=1,
         kl_anneal=0, temperature=1.0, clip_norm=None, seed=0, device=None, progress=True,
-        guide_options=None, **method_options):
+        guide_options=None, checkpoint=None, checkpoint_every=100, **method_options):
     """Fit ``model`` to ``data`` with a guide or method chosen by name, and return a Posterior.
 
     SVI options: ``steps`` of Adam at ``lr`` (cosine-decayed to lr/10), minibatches of
@@ -74,15 +79,23 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
     for gradient clipping. ``guide`` may also be a Pyro guide callable, or a method
     registered with ``register_method`` (for example ``nuts``), which receives the
     remaining options.
+
+    ``checkpoint=PATH`` saves the SVI state every ``checkpoint_every`` steps and, if
+    PATH already holds a checkpoint of this same fit, resumes from it: the resumed
+    fit ends bit-identical to an uninterrupted one (same machine). A NonFiniteError
+    carries ``.posterior``, the fit as it stood after the last good step.
     """
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise FitError(f"temperature must be positive and finite, got {temperature}")
-    if steps < 0 or num_particles < 1:
-        raise FitError(f"steps must be >= 0 and num_particles >= 1, got {steps} and {num_particles}")
+    check_options(steps=steps, lr=lr, batch_size=batch_size, num_particles=num_particles, kl_anneal=kl_anneal,
+                  temperature=temperature, clip_norm=clip_norm, checkpoint_every=checkpoint_every)
     pyro.set_rng_seed(seed)
     if device is not None:
         model.to(device)
     x, y, mask = unpack(data, model_device(model))
+    cfg = getattr(getattr(model, "net", None), "cfg", None)
+    check_data(x, y, mask, num_classes=getattr(cfg, "num_classes", None), vocab_size=getattr(cfg, "vocab_size", None),
+               source="fit data")
+    if checkpoint is not None and not (isinstance(guide, str) and guide in GUIDES):
+        raise FitError(f"checkpoint is available for the SVI guides ({', '.join(GUIDES)}), not for '{guide}'")
     if isinstance(guide, str) and guide in METHODS:
         return METHODS[guide](model, (x, y, mask), steps=steps, lr=lr, batch_size=batch_size,
                               temperature=temperature, seed=seed, progress=progress,
@@ -90,12 +103,51 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
     if method_options:
         raise FitError(f"unknown option(s) for guide '{guide}': {', '.join(method_options)}")
     name, guide = build_guide(guide, model, x, y, mask, guide_options or {})
-    losses = svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_anneal, temperature,
-                 clip_norm, seed, progress, name)
-    return Posterior(model, name, guide=guide, point=(name == "map"),
-                     info={"losses": losses, "steps": steps, "temperature": temperature, "num_particles": num_particles,
-                           "guide_options": dict(guide_options or {}), "seed": seed},
-                     x_proto=x[:2], mask_proto=None if mask is None else mask[:2])
+    if checkpoint is not None:
+        checkpoint = Checkpoint(checkpoint, checkpoint_every, {
+            "guide": name, "guide_options": dict(guide_options or {}), "steps": steps, "lr": lr,
+            "batch_size": batch_size, "num_particles": num_particles, "kl_anneal": kl_anneal,
+            "temperature": temperature, "clip_norm": clip_norm, "seed": seed,
+            "model": model.config() if hasattr(model, "config") else type(model).__name__,
+            "data": [x.shape[0], float(x.double().sum()), float(y.double().sum())]})
+
+    def posterior(losses):
+        return Posterior(model, name, guide=guide, point=(name == "map"),
+                         info={"losses": losses, "steps": steps, "temperature": temperature,
+                               "num_particles": num_particles, "guide_options": dict(guide_options or {}),
+                               "seed": seed},
+                         x_proto=x[:2], mask_proto=None if mask is None else mask[:2])
+    try:
+        losses = svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_anneal, temperature,
+                     clip_norm, seed, progress, name, checkpoint)
+    except NonFiniteError as e:
+        e.posterior = posterior(e.losses)  # the last good state, to inspect or save
+        raise
+    return posterior(losses)
+
+
+def check_options(**options):
+    """Refuse option values that would fail obscurely (or silently) later, naming the option."""
+    def number(v):
+        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+    def integer(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    rules = {
+        "steps": (lambda v: integer(v) and v >= 0, "an integer >= 0"),
+        "lr": (lambda v: number(v) and v > 0, "a positive number"),
+        "batch_size": (lambda v: v is None or (integer(v) and v >= 1), "None or an integer >= 1"),
+        "num_particles": (lambda v: integer(v) and v >= 1, "an integer >= 1"),
+        "kl_anneal": (lambda v: integer(v) and v >= 0, "an integer >= 0 (steps of KL warm-up)"),
+        "temperature": (lambda v: number(v) and v > 0, "a positive finite number"),
+        "clip_norm": (lambda v: v is None or (number(v) and v > 0), "None or a positive number"),
+        "checkpoint_every": (lambda v: integer(v) and v >= 1, "an integer >= 1"),
+    }
+    for name, value in options.items():
+        ok, valid = rules[name]
+        if not ok(value):
+            raise FitError(f"{name} must be {valid}, got {value!r}")
 
 
 def build_guide(guide, model, x, y, mask, options):
@@ -112,8 +164,11 @@ def build_guide(guide, model, x, y, mask, options):
 
 
 def svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_anneal, temperature, clip_norm,
-        seed, progress, name):
-    """Minimize the negative ELBO with Adam; stops with the step and site if anything turns non-finite."""
+        seed, progress, name, checkpoint=None):
+    """Minimize the negative ELBO with Adam; stops with the step and site if anything turns non-finite.
+
+    With a ``Checkpoint`` it starts from the saved state, if any, and saves as it goes.
+    """
     params = {n: p for n, p in [*model.named_parameters(), *(("guide." + k, v) for k, v in guide.named_parameters())]
               if p.requires_grad}
     if not params:
@@ -122,29 +177,37 @@ def svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_annea
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, max(steps, 1), eta_min=lr / 10)
     n = x.shape[0]
     generator = torch.Generator().manual_seed(seed)
-    losses = []
-    bar = tqdm(minibatches(n, batch_size, steps, generator), total=steps, desc=f"fit {name}", disable=not progress,
-               leave=False)
+    start, losses = checkpoint.resume(model, guide, optim, schedule) if checkpoint else (0, [])
+    batches = itertools.islice(minibatches(n, batch_size, steps, generator), start, None)  # replays the draws
+    bar = tqdm(batches, initial=start, total=steps, desc=f"fit {name}", disable=not progress, leave=False)
+
+    def stop(message):
+        error = NonFiniteError(message)
+        error.losses = list(losses)
+        return error
+
     model.train()
-    for step, idx in enumerate(bar):
+    for step, idx in enumerate(bar, start):
         xb, yb, mb = (x, y, mask) if idx is None else (x[idx], y[idx], None if mask is None else mask[idx])
         terms = elbo_terms(model, guide, xb, yb, mb, n, num_particles=num_particles)
         beta = min(1.0, (step + 1) / kl_anneal) if kl_anneal else 1.0
         loss = terms.loss(temperature, beta)
         if not torch.isfinite(loss):
-            raise NonFiniteError(f"loss is {loss.item()} at step {step}; first non-finite site: "
-                                 f"'{first_nonfinite_site(terms)}'; parameters are kept at step {step - 1}")
+            raise stop(f"loss is {loss.item()} at step {step}; first non-finite site: "
+                       f"'{first_nonfinite_site(terms)}'; parameters are kept from before step {step}")
         optim.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(params.values(), clip_norm or math.inf)
         if not torch.isfinite(norm):
             bad = next(k for k, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all())
-            raise NonFiniteError(f"gradient of '{bad.replace('__', '.')}' is not finite at step {step}; "
-                                 f"parameters are kept at step {step - 1} (try clip_norm or a lower lr)")
+            raise stop(f"gradient of '{bad.replace('__', '.')}' is not finite at step {step}; "
+                       f"parameters are kept from before step {step} (try clip_norm or a lower lr)")
         optim.step()
         schedule.step()
         losses.append(loss.item() / n)
         if step % 25 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if checkpoint and checkpoint.due(step + 1, steps):
+            checkpoint.save(step + 1, model, guide, optim, schedule, losses)
     model.eval()
     return losses
