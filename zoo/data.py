@@ -201,11 +201,15 @@ def load_file(path, test_fraction=0.3, seed=0):
 
 
 def _read_npz(path):
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"data file '{path}' is not a valid .npz file (not a zip archive of arrays)")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except ValueError as e:  # object arrays need pickle, which could run code: refused
-        raise DataError(f"data file '{path}' holds arrays that need pickle ({e}); save plain numeric arrays") from None
+    except ValueError:  # object arrays need pickle, which can run code: refused
+        raise DataError(f"data file '{path}' holds object arrays, which need pickle (refused: it can run code); "
+                        f"save plain numeric or string arrays") from None
     except Exception as e:  # noqa: BLE001 - zip, header and I/O errors all mean "not a usable npz"
         raise DataError(f"data file '{path}' is not a valid .npz file ({type(e).__name__}: {e})") from None
     missing = [k for k in ("X", "y") if k not in arrays]
