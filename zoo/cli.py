@@ -2,7 +2,8 @@
 
 A command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and
 ``run(args) -> int``. User errors (``UserError`` and the library's ValueError
-subclasses) print one line and exit 2; ``--debug`` shows the traceback.
+subclasses) print one line and exit 2, a diverged fit (NonFiniteError) exits 1;
+``--debug`` shows the traceback.
 """
 import argparse
 import importlib
@@ -50,6 +51,11 @@ def main(argv=None):
             raise
         print(f"bzoo {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # inference.NonFiniteError: the fit diverged; it names the step and site
+        if args.debug:
+            raise
+        print(f"bzoo {args.command}: fit stopped: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
