@@ -44,15 +44,20 @@ def particles(num):
 
 
 def elbo_terms(model, guide, *args, num_particles=1, **kwargs):
+    local = getattr(guide, "local", None)  # guides that draw local sites inside the model's pass (attention)
     with particles(num_particles):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        run = local(model) if local is not None else model
+        model_trace = poutine.trace(poutine.replay(run, trace=guide_trace)).get_trace(*args, **kwargs)
     loglik, kl = 0.0, 0.0
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
         if site["is_observed"]:
             loglik = loglik + site["scale"] * site["fn"].log_prob(site["value"]).sum()
+            continue
+        if "posterior" in site["infer"]:  # drawn from its amortized posterior in the model's pass: closed-form KL
+            kl = kl + site["scale"] * kl_divergence(site["infer"]["posterior"], site["fn"]).sum()
             continue
         q = guide_trace.nodes[name]
         closed = _closed_form_kl(q["fn"], site["fn"])

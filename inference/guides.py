@@ -103,3 +103,7 @@ GUIDES = {
     "mean_field": MeanField,
     "low_rank": low_rank,
 }
+
+from .dirichlet import BAM, Dirichlet  # noqa: E402  (attention-space guides; that module imports this one)
+
+GUIDES.update(dirichlet=Dirichlet, bam=BAM)

@@ -115,5 +115,7 @@ class Posterior:
             guide_trace = poutine.trace(poutine.condition(self.guide, values)).get_trace(x, None, mask)
             latent = {n: site["value"] for n, site in guide_trace.nodes.items()
                       if site["type"] == "sample" and not site["infer"].get("is_auxiliary") and not site_is_subsample(site)}
-            logits = poutine.condition(self.model, latent)(x, None, mask)
+            local = getattr(self.guide, "local", None)  # attention guides draw local sites in the model's pass
+            model = local(self.model) if local is not None else self.model
+            logits = poutine.condition(model, latent)(x, None, mask)
         return logits.softmax(-1).reshape(s, *logits.shape[-2:])

@@ -4,15 +4,19 @@ from fnmatch import fnmatchcase
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.poutine.runtime import get_plates
 import torch.nn as nn
 
 import priors as priors_pkg
 from priors import PriorMap, Site
 
+from .attention import FAMILIES, SampledAttention, site_name
 from .transformer import Transformer, TransformerConfig
 
-WHERE = ("weights", "last-layer", "none")
+WHERE = ("weights", "last-layer", "none", *FAMILIES)
 DEFAULT_PRIOR = "gaussian:scale=1"
+DEFAULT_ATTENTION_PRIOR = {"dirichlet": "dirichlet:concentration=1", "bam": "bam-gamma"}
+ATTENTION = {"attention": "dirichlet", "dirichlet": "dirichlet", "bam": "bam"}  # --bayes word -> family
 
 
 class ModelError(ValueError):
@@ -39,6 +43,16 @@ def bayesian_names(net, bayes):
     return [n for n in names if n in chosen]
 
 
+def split_attention(bayes):
+    """``"attention,last-layer"`` -> (``"dirichlet"``, ``"last-layer"``): the attention family and the weight choice."""
+    words = [w.strip() for w in str(bayes).split(",") if w.strip()]
+    families = {ATTENTION[w] for w in words if w in ATTENTION}
+    if len(families) > 1:
+        raise ModelError(f"--bayes names two attention families ({', '.join(sorted(families))}); choose one")
+    rest = ",".join(w for w in words if w not in ATTENTION)
+    return (families.pop() if families else None), (rest or "none")
+
+
 def describe(name, param, net):
     """The Site a prior sees for parameter ``name``: shape, fan-in and role."""
     owner = net.get_submodule(name.rsplit(".", 1)[0])
@@ -59,13 +73,21 @@ class TransformerClassifier(nn.Module):
     ``PriorMap``, or a spec string/dict for ``priors.parse``. Parameters that are not
     sites are point estimates fitted alongside the guide.
 
+    Attention-space uncertainty: ``bayes="attention"`` (Dirichlet attention rows) or
+    ``"bam"`` (Bayesian Attention Modules), alone or with weight sites, e.g.
+    ``"attention,last-layer"``. Each layer's attention is then a local site
+    ``blocks.{i}.attn.weights`` ([H, T, T] per sequence, inside the ``data`` plate)
+    with prior ``attention_prior`` (an attention prior, spec or glob map; default
+    per family in ``DEFAULT_ATTENTION_PRIOR``).
+
     Calling the model runs it: ``model(x, y, mask, dataset_size)`` samples the sites,
     computes logits and, inside a ``data`` plate of size ``dataset_size`` (so a
     minibatch likelihood is scaled to the full data), observes ``y``.
     """
 
     def __init__(self, num_classes, input_dim=None, vocab_size=None, d_model=32, depth=2, heads=4,
-                 mlp_ratio=2, max_len=512, dropout=0.0, bayes="weights", prior=DEFAULT_PRIOR):
+                 mlp_ratio=2, max_len=512, dropout=0.0, bayes="weights", prior=DEFAULT_PRIOR,
+                 attention_prior=None):
         super().__init__()
         try:
             self.cfg = TransformerConfig(num_classes, input_dim, vocab_size, d_model, depth, heads,
@@ -75,16 +97,26 @@ class TransformerClassifier(nn.Module):
         self.net = Transformer(self.cfg)
         self.bayes = bayes
         params = dict(self.net.named_parameters())
-        self.sites = {n: describe(n, params[n], self.net) for n in bayesian_names(self.net, bayes)}
+        self.attention, weights = split_attention(bayes)
+        self.sites = {n: describe(n, params[n], self.net) for n in bayesian_names(self.net, weights)}
         for n in self.sites:
             params[n].requires_grad_(False)  # kept as the guides' initial value
         self.prior = priors_pkg.parse(prior) if isinstance(prior, (str, dict)) else prior
         self.priors = PriorMap(self.prior).resolve(self.sites) if self.sites else {}
+        self.attention_prior, self.attention_sites = None, []
+        if self.attention:
+            self.attention_prior = parse_attention_prior(attention_prior or DEFAULT_ATTENTION_PRIOR[self.attention],
+                                                         self.attention)
+            self.attention_sites = [site_name(i) for i in range(depth)]
+            self.net.attend = SampledAttention(self.attention, PriorMap(self.attention_prior).resolve(self.attention_sites))
 
     def config(self):
         """Everything needed to rebuild this model (not its fitted values)."""
         prior = self.prior.spec() if hasattr(self.prior, "spec") else str(self.prior)
-        return {**self.cfg.to_dict(), "bayes": self.bayes, "prior": prior}
+        out = {**self.cfg.to_dict(), "bayes": self.bayes, "prior": prior}
+        if self.attention_prior is not None:
+            out["attention_prior"] = self.attention_prior.spec()
+        return out
 
     def initial_values(self):
         """The network's initial parameter values at the Bayesian sites (guides start here)."""
@@ -96,12 +128,24 @@ class TransformerClassifier(nn.Module):
 
     def forward(self, x, y=None, mask=None, dataset_size=None):
         draws = self.sample_sites()
-        logits = self.net(x, mask, draws)
-        logits = logits.reshape(*sample_shape(draws, self.sites), *logits.shape[-2:])
         batch = x.shape[0]
         with pyro.plate("data", dataset_size or batch, subsample=torch.arange(batch, device=x.device)):
+            # Local attention rows are drawn once per particle or posterior draw (a plate at dim -2).
+            samples = max((f.size for f in get_plates() if f.dim == -2), default=None) if self.attention else None
+            logits = self.net(x, mask, draws, samples=samples)
+            logits = logits.reshape(*(sample_shape(draws, self.sites) or logits.shape[:-2]), *logits.shape[-2:])
             pyro.sample("y", dist.Categorical(logits=logits), obs=y)
         return logits
+
+
+def parse_attention_prior(spec, family):
+    """An attention prior (or glob map of them) for ``family``, refusing weight priors and the other family's."""
+    prior = priors_pkg.parse(spec) if isinstance(spec, (str, dict)) else spec
+    for p in (prior.mapping.values() if isinstance(prior, PriorMap) else [prior]):
+        if getattr(p, "family", None) != family:
+            raise ModelError(f"attention prior '{p.spec()}' does not serve {family} attention; use "
+                             f"{DEFAULT_ATTENTION_PRIOR[family]} or another {family} attention prior")
+    return prior
 
 
 def sample_shape(draws, sites):

@@ -1,0 +1,270 @@
+"""Attention priors, and the masked Dirichlet that attention rows are drawn from.
+
+An attention site (role ``attention``) is one layer's attention for one sequence:
+shape ``(heads, queries, keys)``, every row a point on the simplex. Its
+``Site.context`` holds ``keys`` ([..., H, T, dh]) and ``mask`` ([..., 1 or H, T, T],
+True where a (query, key) pair is real), so a prior may depend on the keys but
+never on the queries. Masked keys carry no mass and padding queries (rows with
+no real key) are absent: they sample as zeros and add nothing to densities or KLs.
+
+Two families: ``dirichlet`` priors return a distribution over the normalized
+rows; ``bam`` priors (Bayesian Attention Modules, Fan et al. 2020) return a Gamma
+over unnormalized positive weights that the model normalizes after sampling.
+"""
+import math
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from torch.distributions import Gamma, Weibull, register_kl
+
+from .base import Prior, PriorError, format_spec, positive
+from .spec import register
+
+EULER = 0.5772156649015329
+
+
+class MaskedDirichlet(dist.TorchDistribution):
+    """Dirichlet over the entries of the last axis where ``mask`` is True; the rest are exactly 0.
+
+    ``mask=None`` means every entry is real (the fast path: no masking work at all).
+    Sampled as normalized Gamma variates (how torch's ``Dirichlet.rsample`` samples),
+    so gradients reach the concentration by implicit reparameterization (torch's
+    ``_standard_gamma`` backward). Sampling runs in float32 whatever the input
+    dtype: half precision Gamma sampling underflows and float64 buys nothing.
+    """
+
+    arg_constraints = {"concentration": constraints.positive}
+    support = constraints.simplex
+    has_rsample = True
+
+    def __init__(self, concentration, mask=None, validate_args=False):
+        if mask is not None:
+            shape = torch.broadcast_shapes(concentration.shape, mask.shape)
+            mask = mask.expand(shape)
+            # Masked entries get concentration 1 so that no lgamma/digamma ever sees a zero or NaN.
+            concentration = torch.where(mask, concentration, torch.ones_like(concentration))
+        self.concentration, self.mask = concentration, mask
+        shape = concentration.shape
+        super().__init__(shape[:-1], shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(MaskedDirichlet, _instance)
+        shape = torch.Size(batch_shape) + self.event_shape
+        new.concentration = self.concentration.expand(shape)
+        new.mask = None if self.mask is None else self.mask.expand(shape)
+        super(MaskedDirichlet, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
+        return new
+
+    def masked(self, t):
+        """``t`` with masked entries zeroed (``t`` itself without a mask)."""
+        return t if self.mask is None else t * self.mask
+
+    def real_rows(self, t):
+        """``t`` (per row) with padding rows, which have no real entry, set to 0."""
+        return t if self.mask is None else torch.where(self.mask.any(-1), t, torch.zeros_like(t))
+
+    @property
+    def mean(self):
+        a = self.masked(self.concentration)
+        return a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
+
+    def rsample(self, sample_shape=torch.Size()):
+        alpha = self.concentration.expand(self._extended_shape(sample_shape))
+        return _NormalizedGamma.apply(alpha, self.mask)
+
+    def log_prob(self, value):
+        a = self.concentration
+        log_x = value.log() if self.mask is None else torch.where(self.mask, value, torch.ones_like(value)).log()
+        lp = (torch.lgamma(self.masked(a).sum(-1)) - self.masked(torch.lgamma(a)).sum(-1)
+              + self.masked((a - 1) * log_x).sum(-1))
+        return self.real_rows(lp)
+
+
+class _NormalizedGamma(torch.autograd.Function):
+    """Dirichlet draw ``x = g / sum(g)``, ``g_j ~ Gamma(alpha_j, 1)`` (0 where ``m`` is False), in float32.
+
+    Backward is the implicit reparameterization gradient: torch's
+    ``_standard_gamma_grad`` gives dg/dalpha, chained with the normalization by hand
+    (``dL/dg_j = (dL/dx_j - sum_i dL/dx_i x_i) / sum(g)``) in one pass.
+    """
+
+    @staticmethod
+    def forward(ctx, alpha, m):
+        a = alpha.float()
+        g = torch._standard_gamma(a).clamp_min(torch.finfo(torch.float32).tiny)
+        kept = g if m is None else g * m
+        total = kept.sum(-1, keepdim=True)
+        total = total if m is None else torch.where(total > 0, total, torch.ones_like(total))  # padding rows stay 0
+        x = kept / total
+        ctx.save_for_backward(a, g, x, total, m)
+        ctx.dtype = alpha.dtype
+        return x.to(alpha.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, g, x, total, m = ctx.saved_tensors
+        grad = grad.float()
+        grad_g = (grad - (grad * x).sum(-1, keepdim=True)) / total
+        grad_a = grad_g * torch._standard_gamma_grad(a, g)
+        return (grad_a if m is None else grad_a * m).to(ctx.dtype), None
+
+
+class _DirichletKL(torch.autograd.Function):
+    """Row-wise closed-form KL(Dir(a) || Dir(b)) over the entries where ``m`` is True, with a hand-written backward.
+
+    ``KL = lgamma(A) - lgamma(B) + sum_j [lgamma(b_j) - lgamma(a_j) + (a_j - b_j) psi(a_j)] - (A - B) psi(A)``
+    (A, B the row totals), so ``dKL/da_j = (a_j - b_j) psi'(a_j) - (A - B) psi'(A)`` and
+    ``dKL/db_j = psi(b_j) - psi(B) - psi(a_j) + psi(A)``: two special-function passes
+    over the [B, H, T, T] rows where autograd's chain would take about twice as many.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, m):
+        mask = (lambda t: t) if m is None else (lambda t: t * m)
+        a_sum, b_sum = mask(a).sum(-1), mask(b.expand_as(a)).sum(-1)
+        psi_a = torch.digamma(a)
+        terms = mask(torch.lgamma(b) - torch.lgamma(a) + (a - b) * psi_a).sum(-1)
+        ctx.save_for_backward(a, b, m, a_sum, b_sum, psi_a)
+        return torch.lgamma(a_sum) - torch.lgamma(b_sum) + terms - (a_sum - b_sum) * torch.digamma(a_sum)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, m, a_sum, b_sum, psi_a = ctx.saved_tensors
+        mask = (lambda t: t) if m is None else (lambda t: t * m)
+        grad = grad[..., None]
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_a = mask(grad * ((a - b) * torch.polygamma(1, a)
+                                  - ((a_sum - b_sum) * torch.polygamma(1, a_sum))[..., None]))
+        if ctx.needs_input_grad[1]:
+            grad_b = mask(grad * (torch.digamma(b) - psi_a
+                                  + (torch.digamma(a_sum) - torch.digamma(b_sum))[..., None]))
+            grad_b = grad_b.sum_to_size(b.shape)
+        return grad_a, grad_b, None
+
+
+@register_kl(MaskedDirichlet, MaskedDirichlet)
+def _kl_masked_dirichlet(p, q):
+    """Closed form (see ``_DirichletKL``), summed over the real entries of each row; padding rows give 0.
+
+    Both must share the mask (an attention site's posterior and prior do).
+    """
+    return p.real_rows(_DirichletKL.apply(p.concentration, q.concentration, p.mask))
+
+
+@register_kl(Weibull, Gamma)
+def _kl_weibull_gamma(p, q):
+    """KL(Weibull(k, lam) || Gamma(alpha, beta)), as in Bayesian Attention Modules (Fan et al. 2020)."""
+    k, lam, alpha, beta = p.concentration, p.scale, q.concentration, q.rate
+    return (torch.log(k) - alpha * torch.log(lam) - EULER + alpha * EULER / k - 1
+            - alpha * torch.log(beta) + torch.lgamma(alpha) + beta * lam * torch.exp(torch.lgamma(1 + 1 / k)))
+
+
+def real_keys(mask, keys):
+    """Number of real keys per row, [..., T, 1] (or a scalar without a mask)."""
+    return torch.tensor(float(keys.shape[-2])) if mask is None else mask.sum(-1, keepdim=True).to(keys.dtype)
+
+
+def key_scores(keys, mask):
+    """Log-weights over keys from the keys alone: similarity of each real key to their mean, [..., H, 1, T]."""
+    if mask is None:
+        mean_key = keys.mean(-2, keepdim=True)
+    else:
+        key_mask = mask.any(-2, keepdim=True)  # [..., 1|H, 1, T]: keys that some query may attend to
+        w = key_mask.to(keys.dtype).transpose(-1, -2)  # [..., 1|H, T, 1]
+        mean_key = (keys * w).sum(-2, keepdim=True) / w.sum(-2, keepdim=True).clamp_min(1)
+    scores = (mean_key @ keys.transpose(-1, -2)) / math.sqrt(keys.shape[-1])
+    return (scores if mask is None else scores.masked_fill(~key_mask, -math.inf)).log_softmax(-1)
+
+
+class AttentionPrior(Prior):
+    """Base class of attention priors; ``family`` says which attention model they serve."""
+
+    family = ""
+
+    def context(self, site):
+        """The site's keys, its mask (None: every pair is real) and the full value shape [..., H, T, T]."""
+        if site.role != "attention":
+            raise PriorError(f"{self.name} is an attention prior; site '{site.name}' is a {site.role} site")
+        keys, mask = site.context["keys"], site.context["mask"]
+        return keys, mask, keys.shape[:-3] + tuple(site.shape)
+
+
+@register
+class SymmetricDirichlet(AttentionPrior):
+    """Every attention row ~ Dirichlet(concentration, ..., concentration) over its real keys.
+
+    ``concentration`` 1 is uniform on the simplex; below 1 favours sparse rows.
+    """
+
+    name = "dirichlet"
+    family = "dirichlet"
+
+    def __init__(self, concentration=1.0):
+        self.concentration = positive("concentration", concentration, self.name)
+
+    def __call__(self, site):
+        keys, mask, shape = self.context(site)
+        alpha = torch.full((), self.concentration, dtype=keys.dtype, device=keys.device)
+        return MaskedDirichlet(alpha.expand(shape), mask).to_event(2)
+
+    def spec(self):
+        return format_spec(self.name, {"concentration": self.concentration})
+
+
+@register
+class KeyDirichlet(AttentionPrior):
+    """Contextual Dirichlet: concentration ``strength * n * softmax(key scores) + floor``.
+
+    The key scores are computed from the keys alone (each real key against the
+    mean real key, see ``key_scores``), so the prior favours typical keys for
+    every query; ``n`` is the number of real keys, so ``strength`` 1 has the total
+    concentration of a uniform Dirichlet(1).
+    """
+
+    name = "key-dirichlet"
+    family = "dirichlet"
+
+    def __init__(self, strength=1.0, floor=0.1):
+        self.strength = positive("strength", strength, self.name)
+        self.floor = positive("floor", floor, self.name)
+
+    def __call__(self, site):
+        keys, mask, shape = self.context(site)
+        n = real_keys(mask, keys)
+        alpha = self.strength * n * key_scores(keys, mask).exp() + self.floor
+        return MaskedDirichlet(alpha.expand(shape), mask).to_event(2)
+
+    def spec(self):
+        return format_spec(self.name, {"strength": self.strength, "floor": self.floor})
+
+
+@register
+class GammaAttention(AttentionPrior):
+    """BAM prior: unnormalized weight ``w_ij ~ Gamma(strength * n * pi_j + floor, strength * n)``.
+
+    ``pi`` is the key-dependent weight from ``key_scores`` (``contextual=True``) or
+    uniform over the real keys, so the prior mean of each weight is about
+    ``pi_j``; masked pairs are excluded from densities and KLs.
+    """
+
+    name = "bam-gamma"
+    family = "bam"
+
+    def __init__(self, strength=1.0, floor=0.1, contextual=True):
+        self.strength = positive("strength", strength, self.name)
+        self.floor = positive("floor", floor, self.name)
+        self.contextual = bool(contextual)
+
+    def __call__(self, site):
+        keys, mask, shape = self.context(site)
+        n = real_keys(mask, keys).clamp_min(1)
+        pi = key_scores(keys, mask).exp() if self.contextual else 1 / n
+        alpha, beta = (self.strength * n * pi + self.floor).expand(shape), (self.strength * n).expand(shape)
+        prior = dist.Gamma(alpha, beta)
+        return (prior if mask is None else prior.mask(mask)).to_event(3)
+
+    def spec(self):
+        return format_spec(self.name, {"strength": self.strength, "floor": self.floor,
+                                       "contextual": self.contextual})
