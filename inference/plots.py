@@ -122,6 +122,8 @@ def rhat_histogram(rhat, path, title="Function-space R-hat (predictive probabili
 def _pyplot_save(axes, path):
     import matplotlib.pyplot as plt
     fig = np.asarray(axes).ravel()[0].get_figure()
+    if fig.get_layout_engine() is None:
+        fig.set_layout_engine("constrained")  # titles clear of the tick labels above them
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

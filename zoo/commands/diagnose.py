@@ -90,6 +90,8 @@ def run(args):
     out = root / "diagnose"
     out.mkdir(exist_ok=True)
     ll = arviz_io.group(idata, "log_likelihood")
+    if ll is None or "y" not in ll:
+        raise ValueError(f"'{root / 'posterior.nc'}' has no log_likelihood group; is it a posterior written by bzoo fit?")
     chains, draws = ll.sizes["chain"], ll.sizes["draw"]
     post = arviz_io.group(idata, "posterior")
     method = ll.attrs.get("method", "?")
