@@ -94,6 +94,8 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
     cfg = getattr(getattr(model, "net", None), "cfg", None)
     check_data(x, y, mask, num_classes=getattr(cfg, "num_classes", None), vocab_size=getattr(cfg, "vocab_size", None),
                source="fit data")
+    if hasattr(getattr(model, "net", None), "check_input"):
+        model.net.check_input(x)  # here, not inside a Pyro trace, which would append its shape table
     if checkpoint is not None and not (isinstance(guide, str) and guide in GUIDES):
         raise FitError(f"checkpoint is available for the SVI guides ({', '.join(GUIDES)}), not for '{guide}'")
     if isinstance(guide, str) and guide in METHODS:
@@ -163,6 +165,12 @@ def build_guide(guide, model, x, y, mask, options):
         raise FitError(f"guide '{guide}': {e}") from None
 
 
+def diagnose(model, guide, x, y, mask, n, num_particles):
+    """Re-run a failed step without distribution validation to name the first non-finite site."""
+    with pyro.validation_enabled(False), torch.no_grad():
+        return first_nonfinite_site(elbo_terms(model, guide, x, y, mask, n, num_particles=num_particles))
+
+
 def svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_anneal, temperature, clip_norm,
         seed, progress, name, checkpoint=None):
     """Minimize the negative ELBO with Adam; stops with the step and site if anything turns non-finite.
@@ -189,7 +197,14 @@ def svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_annea
     model.train()
     for step, idx in enumerate(bar, start):
         xb, yb, mb = (x, y, mask) if idx is None else (x[idx], y[idx], None if mask is None else mask[idx])
-        terms = elbo_terms(model, guide, xb, yb, mb, n, num_particles=num_particles)
+        try:
+            terms = elbo_terms(model, guide, xb, yb, mb, n, num_particles=num_particles)
+        except ValueError as e:  # a validated distribution refused non-finite parameters
+            if "invalid values" not in str(e):
+                raise
+            raise stop(f"a distribution got non-finite parameters at step {step}; first non-finite site: "
+                       f"'{diagnose(model, guide, xb, yb, mb, n, num_particles)}'; parameters are kept from "
+                       f"before step {step}") from None
         beta = min(1.0, (step + 1) / kl_anneal) if kl_anneal else 1.0
         loss = terms.loss(temperature, beta)
         if not torch.isfinite(loss):
@@ -197,11 +212,14 @@ def svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_annea
                        f"'{first_nonfinite_site(terms)}'; parameters are kept from before step {step}")
         optim.zero_grad(set_to_none=True)
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(params.values(), clip_norm or math.inf)
-        if not torch.isfinite(norm):
+        grads = [p.grad for p in params.values() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads or [torch.zeros(())]]))
+        if not torch.isfinite(norm):  # checked before clipping, which would spread a NaN to every gradient
             bad = next(k for k, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all())
             raise stop(f"gradient of '{bad.replace('__', '.')}' is not finite at step {step}; "
                        f"parameters are kept from before step {step} (try clip_norm or a lower lr)")
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params.values(), clip_norm)
         optim.step()
         schedule.step()
         losses.append(loss.item() / n)

@@ -49,13 +49,19 @@ def main(argv=None):
     except (UserError, ValueError, FileNotFoundError, FileExistsError) as e:
         if args.debug:
             raise
-        print(f"bzoo {args.command}: error: {e}", file=sys.stderr)
+        print(f"bzoo {args.command}: error: {first_line(e)}", file=sys.stderr)
         return 2
     except FloatingPointError as e:  # inference.NonFiniteError: the fit diverged; it names the step and site
         if args.debug:
             raise
-        print(f"bzoo {args.command}: fit stopped: {e}", file=sys.stderr)
+        print(f"bzoo {args.command}: fit stopped: {first_line(e)}", file=sys.stderr)
         return 1
+
+
+def first_line(error):
+    """The message's first line: Pyro appends a table of trace shapes to errors raised inside a model."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 if __name__ == "__main__":
