@@ -78,6 +78,8 @@ class Posterior:
         try:
             s = next(iter(draws.values())).shape[0] if draws else self.num_draws(num_samples)
             x = x.to(self.device)
+            if hasattr(getattr(self.model, "net", None), "check_input"):
+                self.model.net.check_input(x)  # a one-line error before any Pyro trace
             mask = None if mask is None else mask.to(self.device)
             if draws is None:
                 draws = self.sample(s, x[:batch_size], None if mask is None else mask[:batch_size])
