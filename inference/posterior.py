@@ -39,7 +39,8 @@ class Posterior:
 
     @property
     def device(self):
-        return next(self.model.parameters()).device
+        from .fit import model_device
+        return model_device(self.model)
 
     def num_draws(self, num_samples=None):
         """S for a request: 1 for a point estimate, all stored draws when ``num_samples`` is None."""
@@ -88,6 +89,13 @@ class Posterior:
             return torch.cat(out, dim=-2)
         finally:
             self.model.train(was_training)
+
+    @torch.no_grad()
+    def point_weights(self):
+        """Every network parameter, with a point estimate's site values in place (feeds ``priors.Empirical``)."""
+        params = {n: p.detach() for n, p in self.model.net.named_parameters()}
+        params.update({n: v[0] for n, v in self.sample(1).items() if n in params})
+        return params
 
     def to_arviz(self, x, y, mask=None, num_samples=None, var_names=None, test=None, ood=None, seed=0):
         """InferenceData of these draws on data (x, y); see ``inference.arviz_io.to_inference_data``."""

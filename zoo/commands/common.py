@@ -1,0 +1,63 @@
+"""Flags shared by the commands that build a model on a dataset (fit, prior-check, study)."""
+import pyro
+import torch
+
+from zoo import TransformerClassifier, data, recipes
+from zoo.classifier import WHERE
+
+
+def add_data_arguments(parser):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--dataset", default=data.DEFAULT_DATASET,
+                       help=f"a shipped dataset (see `bzoo datasets`; default {data.DEFAULT_DATASET})")
+    group.add_argument("--data", metavar="FILE", help="your own .npz (X [N,T,C] or [N,T], y [N]) or .csv")
+
+
+def add_model_arguments(parser, many_priors=False):
+    parser.add_argument("--bayes", default="weights",
+                        help=f"where uncertainty lives: {', '.join(WHERE)}, or comma-separated globs over "
+                             "parameter names (default weights)")
+    parser.add_argument("--prior", metavar="SPEC", action="append" if many_priors else "store",
+                        default=None, help=f"NAME[:key=value,...] or a JSON file of glob -> spec (default {recipes.PRIOR})"
+                        + ("; repeat to compare priors" if many_priors else ""))
+    for key, value in recipes.MODEL.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=value, help=f"default {value}")
+    parser.add_argument("--dropout", type=float, default=0.0, help="dropout rate (MC dropout uses it)")
+
+
+def add_run_arguments(parser):
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", metavar="DIR", help="run folder to write (refused if it holds a run)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the files of a run already in --out")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+
+
+def load_data(args):
+    if getattr(args, "data", None):
+        return data.load_file(args.data)
+    return data.load(args.dataset)
+
+
+def seed_everything(seed):
+    torch.manual_seed(seed)
+    pyro.set_rng_seed(seed)
+
+
+def build_model(args, dataset, prior=None, bayes=None):
+    """The TransformerClassifier the flags describe, sized for ``dataset``."""
+    return TransformerClassifier(
+        dataset.num_classes, input_dim=dataset.input_dim,
+        vocab_size=int(max(dataset.train.x.max(), dataset.test.x.max())) + 1 if dataset.tokens else None,
+        d_model=args.d_model, depth=args.depth, heads=args.heads, mlp_ratio=args.mlp_ratio,
+        max_len=max(512, dataset.max_len), dropout=args.dropout, bayes=bayes or args.bayes,
+        prior=prior or args.prior or recipes.PRIOR)
+
+
+def check_device(name):
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device '{name}' is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
