@@ -69,7 +69,15 @@ def map_start(model, data, start, steps, lr, temperature, seed):
         p.requires_grad_(False)
     posterior = fit(chain_model, data, guide="map", steps=steps, lr=lr, temperature=temperature, seed=seed,
                     progress=False)
-    return {n: v[0] for n, v in posterior.sample(1).items()}
+    return {n: v[0].detach() for n, v in posterior.sample(1).items()}
+
+
+def chain_start(model, data, init, steps, lr, temperature, seed):
+    """Where a chain starts, per ``init`` (see ``fit_nuts``)."""
+    if init == "model":
+        return dict(model.initial_values())
+    start = fresh_start(model, seed)
+    return map_start(model, data, start, steps, lr, temperature, seed) if init == "map" else start
 
 
 class _Counted:
@@ -141,14 +149,11 @@ def fit_nuts(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1
     x, y, mask = data
     model.eval()
     start_time = time.perf_counter()
-    chains, stats = [], []
+    chains, stats, start_seconds = [], [], 0.0
     for c in range(num_chains):
-        if init == "model":
-            start = dict(model.initial_values())
-        else:
-            start = fresh_start(model, seed + c)
-            if init == "map":
-                start = map_start(model, data, start, steps, lr, temperature, seed + c)
+        begin = time.perf_counter()
+        start = chain_start(model, data, init, steps, lr, temperature, seed + c)
+        start_seconds += time.perf_counter() - begin
         pyro.set_rng_seed(seed + c)
         kernel = NUTS(tempered(model, temperature), max_tree_depth=max_tree_depth, target_accept_prob=target_accept,
                       full_mass=dense_mass, jit_compile=jit_compile, ignore_jit_warnings=True,
@@ -163,5 +168,5 @@ def fit_nuts(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1
     info = {"chains": num_chains, "draws_per_chain": num_samples, "warmup": warmup, "max_tree_depth": max_tree_depth,
             "target_accept": target_accept, "dense_mass": dense_mass, "init": init, "temperature": temperature,
             "seed": seed, "sample_stats": sample_stats, "divergences": int(sample_stats["diverging"].sum()),
-            "wall_time": time.perf_counter() - start_time}
+            "wall_time": time.perf_counter() - start_time, "start_time": start_seconds}
     return Posterior(model, "nuts", draws=draws, info=info, x_proto=x[:2], mask_proto=None if mask is None else mask[:2])

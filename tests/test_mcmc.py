@@ -126,3 +126,15 @@ def test_tempered_nuts_matches_the_tempered_conjugate_posterior():
     ess = min(convergence(by_chain(w[:, i], 2))["ess_bulk_min"] for i in range(3))
     assert ((w.mean(0) - mean).abs() < 4 * torch.sqrt(cov.diagonal() / ess)).all()
     assert torch.allclose(w.var(0), cov.diagonal(), rtol=5 * math.sqrt(2 / ess))
+
+
+def test_the_numpyro_comparison_runs_the_same_network():
+    """benchmarks/nuts.py times NumPyro on a JAX port of the transformer; it must compute the same logits."""
+    jnp = pytest.importorskip("jax.numpy")
+    from benchmarks.nuts import jax_forward
+    torch.manual_seed(0)
+    model = TransformerClassifier(2, input_dim=1, d_model=4, depth=2, heads=2, max_len=8)
+    x = torch.randn(5, 8, 1)
+    params = {n: v.detach() + 0.3 * torch.randn_like(v) for n, v in model.net.named_parameters()}
+    logits = jax_forward(model, jnp.asarray(x.numpy()))({n: jnp.asarray(v.numpy()) for n, v in params.items()})
+    assert np.allclose(np.asarray(logits), model.net(x, None, params).numpy(), atol=1e-5)
