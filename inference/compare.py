@@ -82,15 +82,21 @@ class Comparison:
         return out
 
     def plot(self, out_dir, bins=15):
-        """Write reliability.png (overlaid), metrics.png and, with LOO, loo_compare.png; return the paths."""
+        """Write reliability.png (overlaid), metrics.png, entropy.png (with OOD inputs where stored) and,
+        with LOO, loo_compare.png; return the paths."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        preds = {}
+        preds, entropies = {}, {}
         for label, idata in self.idata.items():
             probs, y, split = predictions(idata)
             preds[f"{label} ({split})"] = (probs, y)
+            entropies[f"{label} ({split})"] = probs
+            pred = arviz_io.group(idata, "predictions")
+            if pred is not None and "ood_probs" in pred:
+                entropies[f"{label} (OOD)"] = stacked(pred, "ood_probs")
         paths = [plots.reliability_diagram(preds, out / "reliability.png", bins),
-                 plots.metric_bars(self.metrics, out / "metrics.png", ("accuracy", "nll", "ece", "aece", "brier", "mi"))]
+                 plots.metric_bars(self.metrics, out / "metrics.png", ("accuracy", "nll", "ece", "aece", "brier", "mi")),
+                 plots.entropy_histogram(entropies, out / "entropy.png")]
         if self.loo is not None:
             paths.append(plots.loo_compare(self.loo, out / "loo_compare.png"))
         return paths

@@ -145,5 +145,5 @@ def test_compare_table_loo_and_plots(fitted, tmp_path):
     md = result.markdown()
     assert "| mean_field | test |" in md and "elpd_loo" in md
     paths = result.plot(tmp_path)
-    assert {p.name for p in paths} == {"reliability.png", "metrics.png", "loo_compare.png"}
+    assert {p.name for p in paths} == {"reliability.png", "metrics.png", "entropy.png", "loo_compare.png"}
     assert all(p.stat().st_size > 1000 for p in paths)

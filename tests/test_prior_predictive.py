@@ -85,7 +85,7 @@ def test_logit_scale_matches_closed_form_for_a_bayesian_last_layer():
     model = tiny(f"gaussian:scale={s}", bayes="last-layer")
     h = features(model, x)
     expected = s ** 2 * ((h ** 2).sum(-1) + 1).mean().item() / 2
-    check = prior_predictive(model, x, num_samples=2000)
+    check = prior_predictive(model, x, num_samples=1000)
     per_draw = check.logit_rms().pow(2)
     se = per_draw.std().item() / np.sqrt(len(per_draw))
     assert abs(per_draw.mean().item() - expected) < 4 * se
