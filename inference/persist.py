@@ -126,22 +126,25 @@ def _model_class(name, path):
     return cls
 
 
-def save(posterior, path, preprocessing=None, extra=None):
+def save(posterior, path, preprocessing=None, extra=None, num_samples=200):
     """Write ``posterior`` to ``path`` as one file; returns the path.
 
     ``preprocessing`` records the data standardization (``Dataset.preprocessing``)
     so inputs can be prepared the same way later; ``extra`` is any further plain
-    metadata. Guides given as callables (not by name) cannot be rebuilt and are refused.
+    metadata. A guide that cannot be rebuilt by name (Laplace, a user's callable)
+    is stored as ``num_samples`` draws of its global sites, which is exact for what
+    it predicts up to Monte Carlo error; one with local sites (attention rows)
+    cannot be, and is refused.
     """
     from .guides import GUIDES
 
     model = posterior.model
     if not hasattr(model, "config"):
         raise PosteriorFileError(f"cannot save: model {type(model).__name__} has no config() to rebuild it from")
-    guide_based = posterior.guide is not None
-    if guide_based and posterior.method not in GUIDES:
-        raise PosteriorFileError(f"cannot save: guide '{posterior.method}' is not one of the named guides "
-                                 f"({', '.join(GUIDES)}), so it could not be rebuilt on load")
+    guide_based = posterior.guide is not None and posterior.method in GUIDES
+    draws = posterior.draws
+    if posterior.guide is not None and not guide_based:
+        draws = _as_draws(posterior, num_samples)
     config = dict(model.config())
     for name, value in (("config", config), ("preprocessing", preprocessing), ("extra", extra)):
         if value is not None and plain(value) is None:
@@ -159,8 +162,9 @@ def save(posterior, path, preprocessing=None, extra=None):
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "guide_state": ({k: v.detach().cpu() for k, v in posterior.guide.state_dict().items()}
                         if guide_based else None),
-        "draws": None if guide_based else {k: v.detach().cpu() for k, v in posterior.draws.items()},
-        "info": _plain_info(posterior.info),
+        "draws": None if guide_based else {k: v.detach().cpu() for k, v in draws.items()},
+        "info": {**_plain_info(posterior.info),
+                 **({"stored_as_draws": True} if posterior.guide is not None and not guide_based else {})},
         "x_proto": plain(posterior.x_proto),
         "mask_proto": plain(posterior.mask_proto),
         "preprocessing": plain(preprocessing),
@@ -168,6 +172,20 @@ def save(posterior, path, preprocessing=None, extra=None):
     }
     _write(obj, path)
     return Path(path)
+
+
+def _as_draws(posterior, num_samples):
+    """Draws standing in for a guide that cannot be rebuilt; refused if the guide has local (per-input) sites."""
+    from pyro import poutine
+
+    with torch.no_grad():
+        trace = poutine.trace(posterior.guide).get_trace(posterior.x_proto, None, posterior.mask_proto)
+    local = [n for n, site in trace.iter_stochastic_nodes()
+             if any(f.name == "data" for f in site["cond_indep_stack"]) and not site["infer"].get("is_auxiliary")]
+    if local:
+        raise PosteriorFileError(f"cannot save: guide '{posterior.method}' is not one of the named guides and has "
+                                 f"local sites ({local[0]}), which fixed draws cannot represent")
+    return posterior.sample(1 if posterior.point else num_samples)
 
 
 def load(path, map_location=None):

@@ -103,10 +103,10 @@ class Posterior:
         return to_inference_data(self, x, y, mask, num_samples=num_samples, var_names=var_names, test=test,
                                  ood=ood, seed=seed)
 
-    def save(self, path, preprocessing=None, extra=None):
+    def save(self, path, preprocessing=None, extra=None, num_samples=200):
         """Write this posterior to one file; see ``inference.persist.save``."""
         from .persist import save
-        return save(self, path, preprocessing=preprocessing, extra=extra)
+        return save(self, path, preprocessing=preprocessing, extra=extra, num_samples=num_samples)
 
     @classmethod
     def load(cls, path, map_location=None):
