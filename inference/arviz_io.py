@@ -42,7 +42,7 @@ class ArvizError(ValueError):
     """A conversion was asked for something the draws do not have."""
 
 
-def _numpy(v):
+def as_numpy(v):
     return v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)
 
 
@@ -92,7 +92,7 @@ def select(names, var_names):
 
 def by_chain(value, chains):
     """[S, ...] -> [chains, S / chains, ...] (draws stored chain after chain)."""
-    value = _numpy(value)
+    value = as_numpy(value)
     return value.reshape(chains, value.shape[0] // chains, *value.shape[1:])
 
 
@@ -104,7 +104,7 @@ def sites_group(draws, chains, var_names=None, attrs=None):
 
 def predictive_group(probs, chains, obs_dim, seed=0, attrs=None):
     """``y`` drawn from the per-draw class probabilities [S, N, K], and the probabilities themselves."""
-    p = _numpy(probs).astype(np.float64)
+    p = as_numpy(probs).astype(np.float64)
     rng = np.random.default_rng(seed)
     cum = p.cumsum(-1)
     labels = (rng.random(p.shape[:-1])[..., None] > cum[..., :-1]).sum(-1)  # inverse-CDF draw per (s, i)
@@ -114,8 +114,8 @@ def predictive_group(probs, chains, obs_dim, seed=0, attrs=None):
 
 def log_likelihood(probs, y, chains, attrs=None):
     """log p(y_i | x_i, theta_s) for each draw s and point i, [chain, draw, obs_id]."""
-    p = _numpy(probs).astype(np.float64)
-    picked = np.take_along_axis(p, _numpy(y)[None, :, None].astype(np.int64), -1)[..., 0]
+    p = as_numpy(probs).astype(np.float64)
+    picked = np.take_along_axis(p, as_numpy(y)[None, :, None].astype(np.int64), -1)[..., 0]
     return dataset({"y": (["chain", "draw", "obs_id"], by_chain(np.log(np.maximum(picked, 1e-300)), chains))}, attrs)
 
 
@@ -167,7 +167,7 @@ def to_inference_data(posterior, x, y, mask=None, num_samples=None, var_names=No
         "posterior": sites,
         "posterior_predictive": predictive_group(probs, chains, "obs_id", seed, attrs),
         "log_likelihood": loglik,
-        "observed_data": dataset({"y": (["obs_id"], _numpy(y))}, attrs),
+        "observed_data": dataset({"y": (["obs_id"], as_numpy(y))}, attrs),
         "sample_stats": dataset({k: (["chain", "draw"], by_chain(v, chains)) for k, v in stats.items()}) if stats else None,
     }
     if test is not None or ood is not None:
@@ -175,12 +175,12 @@ def to_inference_data(posterior, x, y, mask=None, num_samples=None, var_names=No
         if test is not None:
             xt, yt, mt = unpack(test)
             p = posterior.predict(xt, mask=mt, batch_size=batch_size, draws=draws)
-            variables["probs"] = (["chain", "draw", "test_id", "class"], by_chain(_numpy(p).astype(np.float32), chains))
-            groups["predictions_constant_data"] = dataset({"y": (["test_id"], _numpy(yt))})
+            variables["probs"] = (["chain", "draw", "test_id", "class"], by_chain(as_numpy(p).astype(np.float32), chains))
+            groups["predictions_constant_data"] = dataset({"y": (["test_id"], as_numpy(yt))})
         if ood is not None:
             xo, mo = inputs(ood)
             p = posterior.predict(xo, mask=mo, batch_size=batch_size, draws=draws)
-            variables["ood_probs"] = (["chain", "draw", "ood_id", "class"], by_chain(_numpy(p).astype(np.float32), chains))
+            variables["ood_probs"] = (["chain", "draw", "ood_id", "class"], by_chain(as_numpy(p).astype(np.float32), chains))
         groups["predictions"] = dataset(variables, attrs)
     return assemble(groups)
 

@@ -82,7 +82,7 @@ class PriorPredictive:
         groups = {"prior": arviz_io.sites_group(self.draws, 1, var_names, attrs),
                   "prior_predictive": arviz_io.predictive_group(self.probs, 1, "obs_id", seed, attrs)}
         if y is not None:
-            groups["observed_data"] = arviz_io.dataset({"y": (["obs_id"], arviz_io._numpy(y))})
+            groups["observed_data"] = arviz_io.dataset({"y": (["obs_id"], arviz_io.as_numpy(y))})
         return arviz_io.assemble(groups)
 
 
