@@ -1,66 +1,71 @@
-"""``dirichlet_step_ratio``: one SVI step with the ``dirichlet`` attention guide against one plain PyTorch step.
+"""``dirichlet_step_ratio``: an ``inference.fit`` step with the ``dirichlet`` guide against a plain PyTorch step.
 
-Both train the same architecture (d_model 64, depth 2, 4 heads) on the same float32
-batch (64 sequences of length 64) with Adam, in the same process and the same
-thread count. Steps of the two are interleaved and each side reports its median,
-so a busy machine slows both alike. The SVI step is what ``inference.fit`` does per
-step: the ELBO (one pass of the network, attention rows drawn by
-``Dirichlet``-style implicit reparameterization, closed-form KL), backward, Adam.
+The workload of the foundation benchmark (``benchmarks/speed.py``): d_model 64, depth
+2, 4 heads, batch 64 of sequences of length 64, float32, ``threads`` threads. The
+plain side is ``benchmarks.plain.train_step`` (Adam + cross-entropy); the dirichlet
+side is the marginal cost of the library's own fit loop, (time of a fit of
+``2 + steps`` steps - time of a fit of 2 steps) / ``steps``, so set-up is excluded and
+the step is exactly what users run: the ELBO (one pass of the network, attention
+rows drawn by implicit reparameterization, closed-form KL), backward, Adam. The two
+are timed in alternating rounds and the median ratio is reported (machines are noisy).
 """
 import statistics
 import time
 
 import torch
 
-import inference
 import zoo
 from benchmarks.plain import PlainTransformer, train_step
-from inference.elbo import elbo_terms
+from inference import fit
 
-SHAPE = dict(d_model=64, depth=2, heads=4, mlp_ratio=2)
-BATCH, LENGTH, CHANNELS, CLASSES = 64, 64, 1, 2
+SHAPE = dict(d_model=64, depth=2, heads=4)
+BATCH, LENGTH = 64, 64
 
 
-def _timed(fn):
+def _data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(BATCH, LENGTH, 1, generator=g), torch.randint(0, 2, (BATCH,), generator=g)
+
+
+def _plain_seconds(x, y, steps):
+    torch.manual_seed(0)
+    net = PlainTransformer(1, 2, **SHAPE)
+    optim = torch.optim.Adam(net.parameters(), lr=1e-3)
+    train_step(net, optim, x, y)
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    for _ in range(steps):
+        train_step(net, optim, x, y)
+    return (time.perf_counter() - start) / steps
 
 
-def dirichlet_step_ratio(threads=2, repeats=20, warmup=3, seed=0):
-    """Median seconds per step of each, and their ratio (target <= 1.6)."""
+def _fit_seconds(x, y, steps, guide, bayes):
+    times = []
+    for k in (2, 2 + steps):
+        torch.manual_seed(0)
+        model = zoo.TransformerClassifier(2, input_dim=1, bayes=bayes, **SHAPE)
+        start = time.perf_counter()
+        fit(model, (x, y), guide=guide, steps=k, lr=1e-3, progress=False)
+        times.append(time.perf_counter() - start)
+    return (times[1] - times[0]) / steps
+
+
+def dirichlet_step_ratio(threads=2, repeats=5, steps=10, guide="dirichlet", bayes="attention"):
+    """Median over ``repeats`` rounds of (fit step with ``guide``) / (plain step); target <= 1.6.
+
+    Returns ``{"dirichlet_step_ratio", "plain_step_s", "dirichlet_step_s", "threads", "repeats", "steps"}``
+    (the seconds are medians too). ``guide="bam", bayes="bam"`` times the BAM guide instead.
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        torch.manual_seed(seed)
-        x = torch.randn(BATCH, LENGTH, CHANNELS)
-        y = torch.randint(0, CLASSES, (BATCH,))
-        plain = PlainTransformer(CHANNELS, CLASSES, **SHAPE)
-        plain_optim = torch.optim.Adam(plain.parameters(), lr=1e-3)
-        model = zoo.TransformerClassifier(CLASSES, input_dim=CHANNELS, bayes="attention", **SHAPE)
-        guide = inference.GUIDES["dirichlet"](model, x[:2], y[:2], None)
-        params = [p for p in [*model.parameters(), *guide.parameters()] if p.requires_grad]
-        optim = torch.optim.Adam(params, lr=1e-3)
-
-        def svi_step():
-            loss = elbo_terms(model, guide, x, y, None, BATCH).loss()
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-
-        def plain_step():
-            train_step(plain, plain_optim, x, y)
-
-        for _ in range(warmup):
-            plain_step()
-            svi_step()
-        times = {"plain": [], "dirichlet": []}
+        x, y = _data()
+        plain, svi = [], []
         for _ in range(repeats):
-            times["plain"].append(_timed(plain_step))
-            times["dirichlet"].append(_timed(svi_step))
-        plain_s, dirichlet_s = statistics.median(times["plain"]), statistics.median(times["dirichlet"])
-        return {"plain_step_s": plain_s, "dirichlet_step_s": dirichlet_s, "dirichlet_step_ratio": dirichlet_s / plain_s,
-                "threads": threads, "repeats": repeats}
+            plain.append(_plain_seconds(x, y, steps))
+            svi.append(_fit_seconds(x, y, steps, guide, bayes))
+        return {"dirichlet_step_ratio": statistics.median(s / p for s, p in zip(svi, plain)),
+                "plain_step_s": statistics.median(plain), "dirichlet_step_s": statistics.median(svi),
+                "threads": threads, "repeats": repeats, "steps": steps}
     finally:
         torch.set_num_threads(previous)
 

@@ -92,7 +92,7 @@ class _NormalizedGamma(torch.autograd.Function):
     @staticmethod
     def forward(ctx, alpha, m):
         a = alpha.float()
-        g = torch._standard_gamma(a).clamp_min(torch.finfo(torch.float32).tiny)
+        g = torch._standard_gamma(a)  # torch clamps draws at the smallest normal float, so g > 0
         kept = g if m is None else g * m
         total = kept.sum(-1, keepdim=True)
         total = total if m is None else torch.where(total > 0, total, torch.ones_like(total))  # padding rows stay 0

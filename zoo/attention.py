@@ -41,7 +41,7 @@ class SampledAttention:
     def __call__(self, q, k, v, mask=None, layer=None):
         name = site_name(layer)
         pairs = pair_mask(mask)
-        logits = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        logits = (q / math.sqrt(q.shape[-1])) @ k.transpose(-1, -2)
         if pairs is not None:
             logits = logits.masked_fill(~mask[:, None, None, :], -math.inf)  # masked keys get no mass
         site = Site(name, tuple(logits.shape[-3:]), k.shape[-2], "attention", context={"keys": k, "mask": pairs})
