@@ -148,6 +148,20 @@ def fit_nuts(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1
         raise FitError(f"target_accept must lie in (0, 1), got {target_accept}")
     x, y, mask = data
     model.eval()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:  # point parameters are constants to NUTS (and torch.jit must see them as such)
+        p.requires_grad_(False)
+    try:
+        return _run(model, data, steps, lr, temperature, seed, progress, num_chains, warmup, num_samples,
+                    max_tree_depth, target_accept, dense_mass, jit_compile, init)
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+def _run(model, data, steps, lr, temperature, seed, progress, num_chains, warmup, num_samples, max_tree_depth,
+         target_accept, dense_mass, jit_compile, init):
+    x, y, mask = data
     start_time = time.perf_counter()
     chains, stats, start_seconds = [], [], 0.0
     for c in range(num_chains):
