@@ -151,6 +151,7 @@ def to_inference_data(posterior, x, y, mask=None, num_samples=None, var_names=No
         if total % chains:
             raise ArvizError(f"{total} draws do not split into {chains} chains")
         index = chain_index(total, chains, num_samples)
+        s = len(index)
         draws = {n: v[torch.as_tensor(index)] for n, v in posterior.sample(None).items()}
         stats = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:])[index] for k, v in stats.items()}
     else:
@@ -158,7 +159,7 @@ def to_inference_data(posterior, x, y, mask=None, num_samples=None, var_names=No
         s = posterior.num_draws(num_samples)
         draws = posterior.sample(s, x[first], None if mask is None else mask[first])
         stats = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:])[:s] for k, v in stats.items()}
-    probs = posterior.predict(x, mask=mask, batch_size=batch_size, draws=draws)
+    probs = posterior.predict(x, s, mask, batch_size, draws=draws)
     attrs = attributes(posterior)
     loglik = log_likelihood(probs, y, chains, attrs)
     sites = sites_group(draws, chains, var_names, attrs)
@@ -174,12 +175,12 @@ def to_inference_data(posterior, x, y, mask=None, num_samples=None, var_names=No
         variables = {}
         if test is not None:
             xt, yt, mt = unpack(test)
-            p = posterior.predict(xt, mask=mt, batch_size=batch_size, draws=draws)
+            p = posterior.predict(xt, s, mt, batch_size, draws=draws)
             variables["probs"] = (["chain", "draw", "test_id", "class"], by_chain(as_numpy(p).astype(np.float32), chains))
             groups["predictions_constant_data"] = dataset({"y": (["test_id"], as_numpy(yt))})
         if ood is not None:
             xo, mo = inputs(ood)
-            p = posterior.predict(xo, mask=mo, batch_size=batch_size, draws=draws)
+            p = posterior.predict(xo, s, mo, batch_size, draws=draws)
             variables["ood_probs"] = (["chain", "draw", "ood_id", "class"], by_chain(as_numpy(p).astype(np.float32), chains))
         groups["predictions"] = dataset(variables, attrs)
     return assemble(groups)

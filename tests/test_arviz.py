@@ -147,3 +147,17 @@ def test_compare_table_loo_and_plots(fitted, tmp_path):
     paths = result.plot(tmp_path)
     assert {p.name for p in paths} == {"reliability.png", "metrics.png", "entropy.png", "loo_compare.png"}
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_model_without_global_sites_keeps_loglik_for_loo():
+    """Attention-only models have local sites alone: the posterior group holds loglik and LOO still runs."""
+    from zoo import ModelError
+    x, y = data()
+    try:
+        model = TransformerClassifier(K, input_dim=C, d_model=8, depth=1, heads=2, bayes="attention")
+        post = fit(model, (x, y), guide="dirichlet", steps=2, progress=False)
+    except (ModelError, ValueError):
+        pytest.skip("no attention-space model in this checkout")
+    idata = post.to_arviz(x, y, num_samples=12)
+    assert list(idata.posterior.data_vars) == ["loglik"] and idata.posterior["loglik"].shape == (1, 12)
+    assert np.isfinite(az.loo(idata).elpd_loo)
