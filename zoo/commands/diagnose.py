@@ -137,7 +137,7 @@ def run(args):
         curves["train"] = (stacked(pp, "probs"), torch.as_tensor(obs["y"].values))
     plots.reliability_diagram(curves, out / "reliability.png", args.bins, title=f"Reliability ({method})")
 
-    if post is not None:
+    if post is not None and chains * draws > 1:  # a point estimate has no trace
         names, coords = trace_sites(idata, args.var_names)
         plots.trace(idata, out / "trace.png", names, coords)
         report["trace_sites"] = names
