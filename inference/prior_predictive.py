@@ -76,10 +76,15 @@ class PriorPredictive:
     def to_arviz(self, var_names=None, y=None, seed=0):
         """InferenceData with ``prior`` (sites) and ``prior_predictive`` (``y`` and ``probs``), one chain.
 
-        ``y`` (the observed labels of the inputs) adds ``observed_data``.
+        ``var_names`` picks sites (names or globs). Attention rows, local and many, are kept as
+        their entropies: ``<site>.entropy`` with dims (chain, draw, <site>_row). ``y`` (the
+        observed labels of the inputs) adds ``observed_data``.
         """
         attrs = {"prior": self.label}
-        groups = {"prior": arviz_io.sites_group(self.draws, 1, var_names, attrs),
+        prior = arviz_io.sites_group(self.draws, 1, var_names, attrs)
+        for name, rows in self.attention.items():
+            prior[f"{name}.entropy"] = (("chain", "draw", f"{name}_row"), arviz_io.by_chain(rows, 1))
+        groups = {"prior": prior,
                   "prior_predictive": arviz_io.predictive_group(self.probs, 1, "obs_id", seed, attrs)}
         if y is not None:
             groups["observed_data"] = arviz_io.dataset({"y": (["obs_id"], arviz_io.as_numpy(y))})

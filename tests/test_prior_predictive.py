@@ -130,6 +130,9 @@ def test_attention_entropy_hook_matches_dirichlet_closed_form():
     se = rows.std().item() / np.sqrt(rows.numel())  # rows are independent draws
     assert abs(rows.mean().item() - (digamma(6) - digamma(2))) < 4 * se
     assert check.summary()["attention_entropy_mean"] == pytest.approx(rows.mean().item())
+    prior = check.to_arviz().prior
+    assert prior["blocks.0.attn.weights.entropy"].dims == ("chain", "draw", "blocks.0.attn.weights_row")
+    assert prior["blocks.0.attn.weights.entropy"].shape == (1, 50, 120)
 
 
 def test_attention_models_report_attention_entropy():
