@@ -5,6 +5,8 @@ starts at the network's own initial values so that SVI begins where ordinary
 training would. ``MeanField`` samples each site straight from a Normal, so the
 ELBO can use the closed-form KL to a Gaussian prior.
 """
+import itertools
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -89,11 +91,17 @@ class MeanField(_SiteGuide):
         return out
 
 
+_LOW_RANK_IDS = itertools.count()
+
+
 def low_rank(model, *args, rank=10, init_scale=1e-2, **kwargs):
     """Pyro's low-rank-plus-diagonal multivariate Normal over all sites, started at the network's init."""
     values = {n: v for n, v in model.initial_values().items()}
     guide = AutoLowRankMultivariateNormal(model, rank=rank, init_scale=init_scale,
                                           init_loc_fn=init_to_value(values=values, fallback=init_to_median))
+    # A name of its own: Pyro keeps autoguide parameters in its global store by name, so two low_rank guides
+    # (two fits, or a fit and a loaded posterior) would otherwise share, and overwrite, each other's values.
+    guide._pyro_name = f"low_rank_{next(_LOW_RANK_IDS)}"
     guide(*args, **kwargs)  # creates the parameters
     return guide
 

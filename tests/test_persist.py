@@ -179,3 +179,17 @@ def test_loaded_posterior_moves_to_a_device(tmp_path):
     loaded = Posterior.load(tmp_path / "p.pt", map_location=device)
     assert loaded.device.type == device
     assert loaded.predict(toy()[0]).device.type == device
+
+
+def test_low_rank_posteriors_do_not_share_parameters(tmp_path):
+    """Pyro's global parameter store must not let a later fit or load overwrite an earlier posterior."""
+    first = fitted("low_rank", "last-layer")
+    x = toy(20)[0]
+    pyro.set_rng_seed(0)
+    before = first.predict(x, 3)
+    again = fitted("low_rank", "last-layer", steps=5, seed=9)
+    again.save(tmp_path / "p.pt")
+    Posterior.load(tmp_path / "p.pt")
+    pyro.set_rng_seed(0)
+    assert torch.equal(before, first.predict(x, 3))
+    assert fitted("low_rank", "last-layer").info["losses"] == first.info["losses"]
