@@ -93,3 +93,17 @@ def test_prior_check_command(tmp_path, capsys):
     assert "gaussian:fan_in=true" in capsys.readouterr().out
     assert main(argv) == 2  # the folder holds a run now
     assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_prior_check_on_the_default_model_separates_isotropic_and_fan_in_priors(tmp_path):
+    """ItalyPowerDemand, d_model 32, depth 2, 200 draws: measured logit scale 4.41 vs 0.76 and
+    degenerate share 0.73 vs 0.935 (binomial sd about 0.03 and 0.02)."""
+    out = tmp_path / "pc"
+    assert main(["prior-check", "--prior", "gaussian:scale=1", "--prior", "gaussian:fan_in=true",
+                 "--num-samples", "200", "--out", str(out)]) == 0
+    report = json.loads((out / "prior_check.json").read_text())["priors"]
+    iso, fan = report["gaussian:scale=1"], report["gaussian:fan_in=true"]
+    assert iso["logit_scale"] > 3 * fan["logit_scale"]
+    assert fan["degenerate_share"] - iso["degenerate_share"] > 0.1
+    assert fan["entropy_mean"] > iso["entropy_mean"]
