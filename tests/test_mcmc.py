@@ -84,6 +84,9 @@ def test_nuts_on_a_transformer_records_chains_and_sampler_statistics():
     diag = function_space(post, x)
     assert diag["entries"] == 12 and diag["rhat_max"] >= 1.0
     assert weight_space(post)["entries"] == sum(s.numel for s in model.sites.values())
+    idata = post.to_arviz(x, y)
+    assert idata.posterior.sizes["chain"] == 2 and idata.posterior.sizes["draw"] == 4
+    assert idata.sample_stats["diverging"].shape == (2, 4)
 
 
 def test_convergence_detects_a_chain_stuck_elsewhere():
