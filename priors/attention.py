@@ -122,7 +122,10 @@ class _DirichletKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, m):
         mask = (lambda t: t) if m is None else (lambda t: t * m)
-        a_sum, b_sum = mask(a).sum(-1), mask(b.expand_as(a)).sum(-1)
+        ctx.b_shape = b.shape
+        b = _compact(b)  # a symmetric prior's concentration is one number expanded: take lgamma of it once
+        b_sum = b.expand(*b.shape[:-1], a.shape[-1]).sum(-1) if m is None else mask(b.expand_as(a)).sum(-1)
+        a_sum = mask(a).sum(-1)
         psi_a = torch.digamma(a)
         terms = mask(torch.lgamma(b) - torch.lgamma(a) + (a - b) * psi_a).sum(-1)
         ctx.save_for_backward(a, b, m, a_sum, b_sum, psi_a)
@@ -140,8 +143,13 @@ class _DirichletKL(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_b = mask(grad * (torch.digamma(b) - psi_a
                                   + (torch.digamma(a_sum) - torch.digamma(b_sum))[..., None]))
-            grad_b = grad_b.sum_to_size(b.shape)
+            grad_b = grad_b.sum_to_size(ctx.b_shape)
         return grad_a, grad_b, None
+
+
+def _compact(t):
+    """``t`` without the copies an ``expand`` made: each stride-0 dimension indexed down to size 1."""
+    return t[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in t.stride())]
 
 
 @register_kl(MaskedDirichlet, MaskedDirichlet)

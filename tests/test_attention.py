@@ -60,6 +60,17 @@ def test_rows_sum_to_one_masked_keys_get_nothing_and_padding_rows_are_absent():
     assert (d.log_prob(x)[:, 1] == 0).all() and (kl_divergence(d, MaskedDirichlet(torch.ones(2, 4), mask))[1] == 0)
 
 
+def test_hand_written_kl_gradient_passes_gradcheck():
+    from priors.attention import _DirichletKL
+
+    torch.manual_seed(0)
+    a = (torch.rand(2, 3, 5, dtype=torch.float64) * 3 + 0.2).requires_grad_()
+    b = (torch.rand(3, 1, dtype=torch.float64) * 2 + 0.5).requires_grad_()
+    m = torch.rand(2, 3, 5) > 0.3
+    for mask in (None, m):
+        assert torch.autograd.gradcheck(lambda a, b: _DirichletKL.apply(a, b.expand(2, 3, 5), mask), (a, b))
+
+
 @pytest.mark.parametrize("alpha,beta", [(0.3, 1.0), (5.0, 0.5), (0.1, 0.1)])
 def test_closed_form_dirichlet_kl_agrees_with_monte_carlo(alpha, beta):
     torch.manual_seed(0)
