@@ -86,14 +86,9 @@ def measure(rounds=5, steps=20, threads=2):
     results = {
         "map_step_ratio": step_ratio("map", rounds, steps),
         "mean_field_step_ratio": step_ratio("mean_field", rounds, steps),
+        "dirichlet_step_ratio": step_ratio("dirichlet", rounds, steps, bayes="attention"),
         "predictive_vectorized_speedup": predictive_vectorized_speedup(rounds),
     }
-    try:
-        from benchmarks.speed_attention import dirichlet_step_ratio
-    except ImportError:
-        dirichlet_step_ratio = None
-    if dirichlet_step_ratio is not None:
-        results["dirichlet_step_ratio"] = dirichlet_step_ratio(rounds=rounds, steps=steps, threads=threads)
     return results
 
 

@@ -1,0 +1,71 @@
+"""The bzoo commands end to end, on few steps: run folders, keys, refusal to clobber."""
+import json
+
+import arviz as az
+import pytest
+import torch
+
+from inference import Posterior
+from zoo import cli, recipes
+
+
+def bzoo(*argv):
+    return cli.main([str(a) for a in argv])
+
+
+def test_datasets_lists_the_default(capsys):
+    assert bzoo("datasets") == 0
+    assert "ItalyPowerDemand" in capsys.readouterr().out
+
+
+def test_fit_writes_a_complete_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert bzoo("fit", "--guide", "map", "--steps", 30, "--d-model", 8, "--depth", 1, "--heads", 2, "--out", out) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"accuracy", "nll", "ece", "brier", "fit_seconds"} <= set(metrics)
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["nll"] > 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["seed"] == 0 and run["config"]["guide"] == "map"
+    post = Posterior.load(out / "posterior.pt")
+    assert post.method == "map"
+    weights = torch.load(out / "weights.pt", weights_only=True)
+    assert set(weights) == {n for n, _ in post.model.net.named_parameters()}
+    assert "posterior" in az.from_netcdf(out / "posterior.nc").groups()
+    assert (out / "reliability.png").stat().st_size > 0
+    # a second fit into the same folder is refused, and nothing is lost
+    before = (out / "metrics.json").read_text()
+    assert bzoo("fit", "--guide", "map", "--steps", 1, "--out", out) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "metrics.json").read_text() == before
+
+
+def test_empirical_prior_from_a_map_run(tmp_path):
+    first, second = tmp_path / "map", tmp_path / "mf"
+    small = ("--d-model", 8, "--depth", 1, "--heads", 2)
+    assert bzoo("fit", "--guide", "map", "--steps", 5, *small, "--out", first) == 0
+    assert bzoo("fit", "--guide", "mean_field", "--steps", 5, *small, "--prior",
+                f"empirical:path={first / 'weights.pt'}", "--out", second) == 0
+    assert "empirical" in json.loads((second / "run.json").read_text())["config"]["model"]["prior"]
+
+
+def test_study_smoke_run_writes_results(tmp_path, capsys):
+    out = tmp_path / "study"
+    rows = ",".join(r["label"] for r in recipes.STUDY[:2])
+    assert bzoo("study", "--methods", rows, "--steps-scale", 0.01, "--num-samples", 4, "--no-peers",
+                "--out", out) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["metrics"]) == {r["label"] for r in recipes.STUDY[:2]}
+    text = (out / "results.md").read_text()
+    assert "| map |" in text and (out / "reliability.png").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["fit", "--guide", "magic"], ["unknown guide 'magic'", "map"]),
+    (["fit", "--dataset", "Nope"], ["unknown dataset 'Nope'", "ItalyPowerDemand"]),
+    (["fit", "--prior", "gaussian:scale=-2"], ["scale", "-2"]),
+    (["study", "--methods", "map,bogus"], ["unknown row 'bogus'"]),
+])
+def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, words):
+    assert bzoo(*argv, "--out", tmp_path / "x") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(w in err for w in words)
