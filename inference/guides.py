@@ -72,21 +72,30 @@ class Delta(_SiteGuide):
                 for n in self.sites}
 
 
+MIN_SCALE = 1e-6  # floor on MeanField scales
+
+
 class MeanField(_SiteGuide):
-    """Fully factorized Normal per weight, scale = softplus(rho), started at ``init_scale``."""
+    """Fully factorized Normal per weight, scale = softplus(rho) + MIN_SCALE, started at ``init_scale``.
+
+    The floor keeps a scale whose rho drifts very negative from underflowing to 0 (an invalid Normal).
+    """
 
     def __init__(self, model, *args, init_scale=1e-2, **kwargs):
         super().__init__(model, *args, **kwargs)
-        rho = torch.log(torch.expm1(torch.tensor(float(init_scale))))
+        if not init_scale > MIN_SCALE:
+            raise TypeError(f"init_scale must be greater than {MIN_SCALE}, got {init_scale}")
+        rho = torch.log(torch.expm1(torch.tensor(float(init_scale) - MIN_SCALE)))
         self.rho = nn.ParameterDict({k: nn.Parameter(torch.full_like(v, rho)) for k, v in self.loc.items()})
 
     def scales(self):
-        return {n: F.softplus(self.rho[_key(n)]) for n in self.sites}
+        return {n: F.softplus(self.rho[_key(n)]) + MIN_SCALE for n in self.sites}
 
     def forward(self, *args, **kwargs):
         out = {}
         for n in self.sites:
-            base = dist.Normal(self.loc[_key(n)], F.softplus(self.rho[_key(n)])).to_event(self.event_dims[n])
+            scale = F.softplus(self.rho[_key(n)]) + MIN_SCALE
+            base = dist.Normal(self.loc[_key(n)], scale).to_event(self.event_dims[n])
             out[n] = self._sample(n, base)
         return out
 

@@ -259,6 +259,23 @@ def test_clip_norm_bounds_the_gradient_norm(monkeypatch):
     assert len(seen) == 3 and max(seen) <= 1e-3 * (1 + 1e-4)
 
 
+def test_mean_field_scales_are_floored():
+    from inference.guides import MIN_SCALE, MeanField
+    x, y = toy()
+    guide = MeanField(tiny(), x[:2], y[:2], None)
+    with torch.no_grad():
+        for rho in guide.rho.values():
+            rho.fill_(-300.0)  # softplus underflows to exactly 0 in float32
+    assert all((s >= MIN_SCALE * 0.999).all() for s in guide.scales().values())
+    draws = guide(x, None, None)
+    assert all(torch.isfinite(v).all() for v in draws.values())
+
+
+def test_dirichlet_concentration_floor_must_be_positive():
+    with pytest.raises(FitError, match="floor"):
+        fit(tiny(bayes="attention"), toy(), guide="dirichlet", steps=1, progress=False, guide_options={"floor": 0.0})
+
+
 # --- run folders ---------------------------------------------------------------------------------------------
 
 def test_run_folder_refuses_a_run_unless_overwrite_and_never_deletes(tmp_path):
