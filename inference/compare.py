@@ -130,5 +130,5 @@ def compare(runs, train=None, test=None, ood=None, num_samples=100, seed=0, bins
         idata[label] = run
     table = {label: metrics(d, bins) for label, d in idata.items()}
     several = {label: d for label, d in idata.items() if num_draws(d) > 1}
-    loo = az.compare(several, ic="loo") if len(several) > 1 else None
+    loo = az.compare(several) if len(several) > 1 else None  # PSIS-LOO: the default in ArviZ 0.x and 1.x
     return Comparison(table, loo, idata, [label for label in idata if label not in several])
