@@ -15,6 +15,8 @@ class PriorMap:
     def __init__(self, mapping):
         if isinstance(mapping, Prior):
             mapping = {"*": mapping}
+        elif isinstance(mapping, PriorMap):
+            mapping = mapping.mapping
         self.mapping = dict(mapping)
         for glob, prior in self.mapping.items():
             if not isinstance(prior, Prior):

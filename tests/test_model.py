@@ -77,3 +77,18 @@ def test_model_logits_follow_the_particle_plate():
     y = trace.nodes["y"]
     assert y["fn"].batch_shape == (6, 4)
     assert y["scale"] == 10.0  # 40 data points seen through a batch of 4
+
+
+def test_bayesian_biases_with_point_weights_broadcast_over_draws():
+    model = small(bayes="*.bias")
+    x = torch.randn(4, 5, 2)
+    draws = {n: torch.randn(3, *site.shape) for n, site in model.sites.items()}
+    batched = model.net(x, None, draws)
+    for i in range(3):
+        assert torch.allclose(batched[i], model.net(x, None, {n: v[i] for n, v in draws.items()}), atol=1e-5)
+
+
+def test_a_glob_map_of_priors_is_accepted_as_the_model_prior():
+    model = small(prior={"head.*": "student-t:df=3", "*": "gaussian:scale=1"})
+    assert type(model.priors["head.weight"]).__name__ == "StudentT"
+    assert type(model.priors["embed.weight"]).__name__ == "Gaussian"

@@ -19,7 +19,10 @@ def _per_sample(v, x):
 def linear(x, w, b=None):
     """``x @ w.T + b``; with drawn ``w`` [S, out, in], ``x`` must lead with the same S."""
     if w.dim() == 2:
-        return F.linear(x, w, b)
+        if b is None or b.dim() == 1:
+            return F.linear(x, w, b)
+        y = F.linear(x, w)
+        return y + _per_sample(b, y)
     y = torch.matmul(x.reshape(w.shape[0], -1, x.shape[-1]), w.transpose(-1, -2))
     if b is not None:
         y = y + (b.unsqueeze(-2) if b.dim() == 2 else b)

@@ -98,7 +98,7 @@ class Transformer(nn.Module):
         if cfg.vocab_size is not None:
             h = embedding(x, p["embed.weight"])
         else:
-            if s and p["embed.weight"].dim() == 3:
+            if s:  # give the input the leading sample dim once, so every later op can rely on it
                 x = x.expand(s, *x.shape)
             h = linear(x, p["embed.weight"], p["embed.bias"])
         h = h + self.pos[: h.shape[-2]]
