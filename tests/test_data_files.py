@@ -163,3 +163,18 @@ def test_empty_csv(tmp_path):
 def test_bad_test_fraction(tmp_path):
     with pytest.raises(DataError, match="test_fraction"):
         load_file(npz(tmp_path, X=np.zeros((10, 4)), y=np.arange(10) % 2), test_fraction=1.5)
+
+
+def test_memory_benchmark_tiles_the_data_tenfold():
+    import torch
+
+    from benchmarks.memory import tiled
+    from zoo.data import Dataset, Split
+
+    ds = Dataset("toy", Split(torch.randn(7, 5, 1), torch.arange(7) % 2), Split(torch.randn(3, 5, 1), torch.arange(3) % 2),
+                 2, [0, 1])
+    train_x = ds.train.x.clone()
+    big = tiled(ds, 10)
+    assert (len(big.train), len(big.test)) == (70, 30)
+    assert torch.equal(big.train.y[7:14], big.train.y[:7])
+    assert 0 < (big.train.x[7:14] - train_x).abs().max() < 0.1  # jittered copies
