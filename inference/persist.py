@@ -152,7 +152,8 @@ def save(posterior, path, preprocessing=None, extra=None, num_samples=200):
     cls = type(model)
     obj = {
         "format": FORMAT, "kind": "posterior", "format_version": FORMAT_VERSION,
-        "zoo_version": _library_version(), "torch_version": str(torch.__version__), "pyro_version": str(pyro.__version__),
+        "zoo_version": _library_version(),
+        "torch_version": str(torch.__version__), "pyro_version": str(pyro.__version__),
         "model_class": f"{cls.__module__}.{cls.__qualname__}",
         "config": plain(config),
         "prior": plain(config.get("prior")),

@@ -171,8 +171,8 @@ def test_memory_benchmark_tiles_the_data_tenfold():
     from benchmarks.memory import tiled
     from zoo.data import Dataset, Split
 
-    ds = Dataset("toy", Split(torch.randn(7, 5, 1), torch.arange(7) % 2), Split(torch.randn(3, 5, 1), torch.arange(3) % 2),
-                 2, [0, 1])
+    train, test = Split(torch.randn(7, 5, 1), torch.arange(7) % 2), Split(torch.randn(3, 5, 1), torch.arange(3) % 2)
+    ds = Dataset("toy", train, test, 2, [0, 1])
     train_x = ds.train.x.clone()
     big = tiled(ds, 10)
     assert (len(big.train), len(big.test)) == (70, 30)

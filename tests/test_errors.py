@@ -1,7 +1,6 @@
 """Bad input gives one specific, one-line error naming the problem; numerical trouble stops a fit cleanly."""
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -9,7 +8,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import inference
 import priors
 from inference import FitError, NonFiniteError, fit
 from priors import PriorError
