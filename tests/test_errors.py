@@ -98,9 +98,8 @@ def test_unknown_prior_and_unknown_parameter():
 
 
 def test_prior_glob_matching_no_site_names_the_glob():
-    prior = priors.parse({"blocks.*.attn.qkv.weight": "student-t:df=3", "blocks.7.*": "laplace", "*": "gaussian"})
     with pytest.raises(PriorError) as e:
-        prior.resolve(tiny().sites)
+        tiny(prior={"blocks.*.attn.qkv.weight": "student-t:df=3", "blocks.7.*": "laplace", "*": "gaussian"})
     one_line(e.value, "'blocks.7.*'", "head.weight")
 
 
@@ -342,6 +341,13 @@ def test_cli_bad_flags(tmp_path, capsys, flags, words):
     assert code == 2, err
     for word in words:
         assert word in err, err
+
+
+def test_cli_prior_file_with_a_glob_matching_nothing(tmp_path, capsys):
+    path = tmp_path / "priors.json"
+    path.write_text(json.dumps({"blocks.*.attn.*": "student-t:df=3", "blocks.42.*": "laplace", "*": "gaussian"}))
+    code, err = bzoo(capsys, "fit", "--prior", str(path), "--steps", "1", "--out", str(tmp_path / "run"))
+    assert code == 2 and "'blocks.42.*'" in err
 
 
 def test_cli_refuses_an_existing_run_and_keeps_its_files(tmp_path, capsys):
