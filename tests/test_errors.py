@@ -232,12 +232,12 @@ def test_non_finite_gradient_names_the_parameter():
     assert all(torch.isfinite(p).all() for p in e.value.posterior.guide.parameters())
 
 
-def test_cli_reports_a_diverged_fit_in_one_line(monkeypatch, capsys):
+def test_cli_reports_a_diverged_fit_in_one_line(tmp_path, monkeypatch, capsys):
     def diverge(*args, **kwargs):
         raise NonFiniteError("loss is nan at step 3; first non-finite site: 'y'")
     import zoo.commands.fit
     monkeypatch.setattr(zoo.commands.fit, "fit", diverge)
-    assert cli.main(["fit", "--steps", "1", "--out", "unused-run"]) == 1
+    assert cli.main(["fit", "--steps", "1", "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert "step 3" in err and "Traceback" not in err
 
