@@ -36,6 +36,7 @@ import torch
 import xarray as xr
 
 from .fit import unpack
+from .posterior import PAIRS_PER_BATCH
 
 
 class ArvizError(ValueError):
@@ -135,7 +136,7 @@ def chain_index(total, chains, num_samples):
 
 
 def to_inference_data(posterior, x, y, mask=None, num_samples=None, var_names=None, test=None, ood=None, seed=0,
-                      batch_size=1024):
+                      batch_size=None):
     """Convert a fitted ``Posterior`` on data ``(x, y[, mask])`` (usually the training set) to InferenceData.
 
     ``num_samples`` draws (SVI default 100; MCMC: all, or thinned evenly within each
@@ -155,8 +156,8 @@ def to_inference_data(posterior, x, y, mask=None, num_samples=None, var_names=No
         draws = {n: v[torch.as_tensor(index)] for n, v in posterior.sample(None).items()}
         stats = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:])[index] for k, v in stats.items()}
     else:
-        first = slice(0, batch_size)
         s = posterior.num_draws(num_samples)
+        first = slice(0, batch_size or max(1, PAIRS_PER_BATCH // s))
         draws = posterior.sample(s, x[first], None if mask is None else mask[first])
         stats = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:])[:s] for k, v in stats.items()}
     probs = posterior.predict(x, s, mask, batch_size, draws=draws)

@@ -7,6 +7,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 SAMPLES_DIM = -2  # the plate of posterior draws sits left of the data plate
+PAIRS_PER_BATCH = 16384  # (draw, input) pairs per predictive batch: about 640 MiB at the default model size
 
 
 def draws_plate(s):
@@ -67,17 +68,20 @@ class Posterior:
                 for n, site in trace.iter_stochastic_nodes() if is_global(site)}
 
     @torch.no_grad()
-    def predict(self, x, num_samples=None, mask=None, batch_size=1024, draws=None):
+    def predict(self, x, num_samples=None, mask=None, batch_size=None, draws=None):
         """Class probabilities [S, N, K] for S posterior draws (S = 1 for a point estimate).
 
         Global draws are taken once and shared across batches, so each of the S
         rows is one function evaluated on every input. Pass ``draws`` (from
         ``sample``) to evaluate those same functions, e.g. on train and test data.
+        ``batch_size`` inputs go through together (default: ``PAIRS_PER_BATCH // S``,
+        so peak memory stays flat as the number of draws grows).
         """
         was_training = self.model.training
         self.model.train(self.info.get("dropout_at_test", False))
         try:
             s = next(iter(draws.values())).shape[0] if draws else self.num_draws(num_samples)
+            batch_size = batch_size or max(1, PAIRS_PER_BATCH // s)
             x = x.to(self.device)
             if hasattr(getattr(self.model, "net", None), "check_input"):
                 self.model.net.check_input(x)  # a one-line error before any Pyro trace
