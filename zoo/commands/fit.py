@@ -3,7 +3,7 @@ import time
 
 import torch
 
-from inference import evaluate, fit, method_names
+from inference import NonFiniteError, evaluate, fit, method_names
 from zoo import recipes
 from zoo.runs import RunFolder
 
@@ -26,6 +26,8 @@ def add_arguments(parser):
     parser.add_argument("--kl-anneal", type=int, help="steps of linear KL warm-up (default 0)")
     parser.add_argument("--clip-norm", type=float, help="clip the gradient norm to this value")
     parser.add_argument("--num-samples", type=int, default=recipes.NUM_SAMPLES, help="predictive draws (default 100)")
+    parser.add_argument("--checkpoint-every", type=int, metavar="N",
+                        help="save DIR/checkpoint.pt every N steps; rerunning the same command resumes from it")
     add_run_arguments(parser)
 
 
@@ -39,9 +41,17 @@ def run(args):
     options = recipes.fit_options(args.guide, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                                   num_particles=args.num_particles, temperature=args.temperature,
                                   kl_anneal=args.kl_anneal, clip_norm=args.clip_norm)
+    if args.checkpoint_every:
+        options.update(checkpoint=out.path("checkpoint.pt"), checkpoint_every=args.checkpoint_every)
     started = time.perf_counter()
-    posterior = fit(model, dataset.train, guide=args.guide, seed=args.seed, device=device, **options)
+    try:
+        posterior = fit(model, dataset.train, guide=args.guide, seed=args.seed, device=device, **options)
+    except NonFiniteError as error:  # keep what was good: the fit as it stood before the failing step
+        if getattr(error, "posterior", None) is not None:
+            error.posterior.save(out.path("posterior_last_good.pt"), preprocessing=dataset.preprocessing)
+        raise
     fit_seconds = time.perf_counter() - started
+    options.pop("checkpoint", None)
     test = dataset.test
     probs = posterior.predict(test.x, args.num_samples, test.mask)
     metrics = {**evaluate(probs, test.y.to(probs.device)), "fit_seconds": fit_seconds}
