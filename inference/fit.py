@@ -1,4 +1,5 @@
 """``inference.fit``: one entry point for every method, returning a Posterior."""
+import inspect
 import itertools
 import math
 import numbers
@@ -99,9 +100,16 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
     if checkpoint is not None and not (isinstance(guide, str) and guide in GUIDES):
         raise FitError(f"checkpoint is available for the SVI guides ({', '.join(GUIDES)}), not for '{guide}'")
     if isinstance(guide, str) and guide in METHODS:
-        return METHODS[guide](model, (x, y, mask), steps=steps, lr=lr, batch_size=batch_size,
-                              temperature=temperature, seed=seed, progress=progress,
-                              **(guide_options or {}), **method_options)
+        fitter = METHODS[guide]
+        options = {**(guide_options or {}), **method_options}
+        accepted = inspect.signature(fitter).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+            unknown = [k for k in options if k not in accepted]
+            if unknown:
+                valid = [k for k in accepted if k not in ("model", "data")]
+                raise FitError(f"method '{guide}' has no option '{unknown[0]}'; valid: {', '.join(valid)}")
+        return fitter(model, (x, y, mask), steps=steps, lr=lr, batch_size=batch_size, temperature=temperature,
+                      seed=seed, progress=progress, **options)
     if method_options:
         raise FitError(f"unknown option(s) for guide '{guide}': {', '.join(method_options)}")
     name, guide = build_guide(guide, model, x, y, mask, guide_options or {})

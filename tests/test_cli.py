@@ -69,3 +69,19 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, words):
     assert bzoo(*argv, "--out", tmp_path / "x") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and all(w in err for w in words)
+
+
+def test_method_options_and_attention_prior_reach_the_fit(tmp_path):
+    out = tmp_path / "ens"
+    assert bzoo("fit", "--guide", "ensemble", "--option", "num_members=2", "--steps", 3, "--d-model", 8, "--depth", 1,
+                "--heads", 2, "--num-samples", 2, "--out", out) == 0
+    assert Posterior.load(out / "posterior.pt").num_draws() == 2
+    att = tmp_path / "att"
+    assert bzoo("fit", "--guide", "dirichlet", "--bayes", "attention", "--attention-prior", "key-dirichlet",
+                "--steps", 2, "--d-model", 8, "--depth", 1, "--heads", 2, "--num-samples", 2, "--out", att) == 0
+    assert "key-dirichlet" in json.loads((att / "run.json").read_text())["config"]["model"]["attention_prior"]
+
+
+def test_unknown_method_option_is_named(tmp_path, capsys):
+    assert bzoo("fit", "--guide", "ensemble", "--option", "bogus=1", "--out", tmp_path / "x") == 2
+    assert "no option 'bogus'" in capsys.readouterr().err

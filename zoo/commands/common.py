@@ -20,6 +20,9 @@ def add_model_arguments(parser, many_priors=False):
     parser.add_argument("--prior", metavar="SPEC", action="append" if many_priors else "store",
                         default=None, help=f"NAME[:key=value,...] or a JSON file of glob -> spec (default {recipes.PRIOR})"
                         + ("; repeat to compare priors" if many_priors else ""))
+    parser.add_argument("--attention-prior", metavar="SPEC",
+                        help="prior of attention rows with --bayes attention|bam (e.g. dirichlet:concentration=1, "
+                             "key-dirichlet, bam-gamma)")
     for key, value in recipes.MODEL.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=value, help=f"default {value}")
     parser.add_argument("--dropout", type=float, default=0.0, help="dropout rate (MC dropout uses it)")
@@ -50,7 +53,7 @@ def build_model(args, dataset, prior=None, bayes=None):
         vocab_size=int(max(dataset.train.x.max(), dataset.test.x.max())) + 1 if dataset.tokens else None,
         d_model=args.d_model, depth=args.depth, heads=args.heads, mlp_ratio=args.mlp_ratio,
         max_len=max(512, dataset.max_len), dropout=args.dropout, bayes=bayes or args.bayes,
-        prior=prior or args.prior or recipes.PRIOR)
+        prior=prior or args.prior or recipes.PRIOR, attention_prior=getattr(args, "attention_prior", None))
 
 
 def check_device(name):

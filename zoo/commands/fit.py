@@ -26,6 +26,9 @@ def add_arguments(parser):
     parser.add_argument("--kl-anneal", type=int, help="steps of linear KL warm-up (default 0)")
     parser.add_argument("--clip-norm", type=float, help="clip the gradient norm to this value")
     parser.add_argument("--num-samples", type=int, default=recipes.NUM_SAMPLES, help="predictive draws (default 100)")
+    parser.add_argument("--option", metavar="KEY=VALUE", action="append", default=[],
+                        help="a guide or method setting, repeatable: e.g. num_chains=4, warmup=200 (nuts), "
+                             "num_members=5 (ensemble), rank=10 (low_rank), init_concentration=100 (dirichlet)")
     parser.add_argument("--checkpoint-every", type=int, metavar="N",
                         help="save DIR/checkpoint.pt every N steps; rerunning the same command resumes from it")
     add_run_arguments(parser)
@@ -41,6 +44,7 @@ def run(args):
     options = recipes.fit_options(args.guide, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                                   num_particles=args.num_particles, temperature=args.temperature,
                                   kl_anneal=args.kl_anneal, clip_norm=args.clip_norm)
+    options.update(parse_options(args.option, args.guide))
     if args.checkpoint_every:
         options.update(checkpoint=out.path("checkpoint.pt"), checkpoint_every=args.checkpoint_every)
     started = time.perf_counter()
@@ -68,6 +72,30 @@ def run(args):
     print(f"{dataset.name} {args.guide}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
           + f"\nwrote {out.root}")
     return 0
+
+
+def parse_options(items, guide):
+    """``["num_chains=4", "jit_compile=true"]`` -> keyword options (guide_options for SVI guides)."""
+    from inference import GUIDES
+
+    options = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--option '{item}': expected KEY=VALUE, e.g. num_chains=4")
+        options[key.strip()] = _value(text.strip())
+    return {"guide_options": options} if guide in GUIDES and options else options
+
+
+def _value(text):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def write_plots(out, posterior, probs, y):
