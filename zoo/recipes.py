@@ -11,7 +11,8 @@ FIT = {
     "map": {"steps": 1000, "lr": 3e-3},
     "mean_field": {"steps": 2000, "lr": 1e-2},
     "low_rank": {"steps": 2000, "lr": 1e-2},
-    "dirichlet": {"steps": 1000, "lr": 3e-3},
+    "dirichlet": {"steps": 1500, "lr": 3e-3},
+    "bam": {"steps": 1500, "lr": 3e-3},
 }
 GENERIC = {"steps": 1000, "lr": 3e-3}
 NUM_SAMPLES = 100  # predictive draws for evaluation
