@@ -23,9 +23,11 @@ def linear(x, w, b=None):
             return F.linear(x, w, b)
         y = F.linear(x, w)
         return y + _per_sample(b, y)
-    y = torch.matmul(x.reshape(w.shape[0], -1, x.shape[-1]), w.transpose(-1, -2))
-    if b is not None:
-        y = y + (b.unsqueeze(-2) if b.dim() == 2 else b)
+    flat = x.reshape(w.shape[0], -1, x.shape[-1])
+    if b is None:
+        y = torch.bmm(flat, w.transpose(-1, -2))
+    else:  # the bias add fused into the batched GEMM
+        y = torch.baddbmm(b.unsqueeze(-2) if b.dim() == 2 else b, flat, w.transpose(-1, -2))
     return y.reshape(*x.shape[:-1], w.shape[-2])
 
 
@@ -45,9 +47,18 @@ def embedding(tokens, w):
 
 
 def softmax_attention(q, k, v, mask=None, layer=None):
-    """Ordinary scaled dot-product attention; ``mask`` [B, T] is True for real keys."""
+    """Ordinary scaled dot-product attention; ``mask`` [B, T] is True for real keys.
+
+    Leading sample dims are folded into the batch: SDPA's fused kernels take 4-D inputs
+    and fall back to materializing every attention matrix otherwise.
+    """
+    shape = q.shape
+    if q.dim() > 4:
+        q, k, v = (z.reshape(-1, *z.shape[-3:]) for z in (q, k, v))
+        if mask is not None:
+            mask = mask.expand(*shape[:-3], mask.shape[-1]).reshape(-1, mask.shape[-1])
     attn_mask = None if mask is None else mask[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).reshape(shape)
 
 
 def sinusoidal_positions(max_len, d_model):
