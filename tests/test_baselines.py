@@ -6,12 +6,7 @@ from inference import FitError, fit
 from zoo import TransformerClassifier
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy(dropout=0.0, bayes="weights"):

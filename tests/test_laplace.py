@@ -8,20 +8,10 @@ from inference import FitError, fit
 from priors import Gaussian
 from zoo import BayesianLinearRegression, TransformerClassifier
 from zoo.linear import exact_posterior
+from linear_data import regression
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def regression(n=20, noise=0.5):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 3, generator=g)
-    return x, x @ torch.tensor([1.0, -2.0, 0.5]) + noise * torch.randn(n, generator=g)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.25])
