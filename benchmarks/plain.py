@@ -4,7 +4,6 @@ Written independently of ``zoo.transformer`` (nn.Linear, nn.LayerNorm, SDPA) so
 that the benchmark compares against what a user would write by hand; a test
 checks that, given the same weights, both compute the same logits.
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

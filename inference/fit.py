@@ -13,7 +13,7 @@ from zoo.data import check_data
 from .elbo import NonFiniteError, elbo_terms, first_nonfinite_site
 from .guides import GUIDES
 from .persist import Checkpoint
-from .posterior import Posterior, is_global
+from .posterior import Posterior
 
 METHODS = {}  # name -> fitter(model, data, **options) -> Posterior, for methods that are not SVI guides
 

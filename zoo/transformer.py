@@ -7,7 +7,6 @@ how Bayesian sites and draws enter without the network knowing about Pyro.
 """
 from dataclasses import asdict, dataclass
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

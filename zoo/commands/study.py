@@ -1,5 +1,5 @@
 """bzoo study: the main job, the comparison of where uncertainty lives x prior x guide, with peers."""
-from zoo import data, recipes
+from zoo import recipes
 from zoo.runs import RunFolder
 from zoo.study import run_study
 
