@@ -44,14 +44,13 @@ class Posterior:
         return model_device(self.model)
 
     def num_draws(self, num_samples=None):
-        """S for a request: 1 for a point estimate, all stored draws when ``num_samples`` is None."""
+        """S for a request: 1 for a point estimate; for stored draws (MCMC, ensembles) at most
+        the number held, all of them when ``num_samples`` is None."""
         if self.point:
             return 1
         if self.draws is not None:
             held = next(iter(self.draws.values())).shape[0]
-            if num_samples is not None and num_samples > held:
-                raise ValueError(f"asked for {num_samples} draws but the posterior holds {held}")
-            return held if num_samples is None else num_samples
+            return held if num_samples is None else min(num_samples, held)
         return num_samples or 100
 
     @torch.no_grad()

@@ -85,3 +85,12 @@ def test_method_options_and_attention_prior_reach_the_fit(tmp_path):
 def test_unknown_method_option_is_named(tmp_path, capsys):
     assert bzoo("fit", "--guide", "ensemble", "--option", "bogus=1", "--out", tmp_path / "x") == 2
     assert "no option 'bogus'" in capsys.readouterr().err
+
+
+def test_an_ensemble_predicts_with_all_its_members_when_more_draws_are_asked(tmp_path):
+    out = tmp_path / "ens"
+    assert bzoo("fit", "--guide", "ensemble", "--option", "num_members=2", "--steps", 2, "--d-model", 8, "--depth", 1,
+                "--heads", 2, "--out", out) == 0  # default --num-samples 100 > 2 members
+    post = Posterior.load(out / "posterior.pt")
+    x = torch.randn(3, 24, 1)
+    assert post.predict(x, 100).shape == (2, 3, 2)
