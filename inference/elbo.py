@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
+
+from .sites import is_latent, is_sampled, with_local_sites
 
 
 class NonFiniteError(FloatingPointError):
@@ -44,14 +45,13 @@ def particles(num):
 
 
 def elbo_terms(model, guide, *args, num_particles=1, **kwargs):
-    local = getattr(guide, "local", None)  # guides that draw local sites inside the model's pass (attention)
     with particles(num_particles):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        run = local(model) if local is not None else model
+        run = with_local_sites(model, guide)
         model_trace = poutine.trace(poutine.replay(run, trace=guide_trace)).get_trace(*args, **kwargs)
     loglik, kl = 0.0, 0.0
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
+        if not is_sampled(site):
             continue
         if site["is_observed"]:
             loglik = loglik + site["scale"] * site["fn"].log_prob(site["value"]).sum()
@@ -67,7 +67,7 @@ def elbo_terms(model, guide, *args, num_particles=1, **kwargs):
         else:
             kl = kl - site["scale"] * site["fn"].log_prob(site["value"]).sum()
     for name, q in guide_trace.nodes.items():
-        if q["type"] == "sample" and not q.get("kl_done") and not q["is_observed"] and not site_is_subsample(q):
+        if is_latent(q) and not q.get("kl_done"):
             kl = kl + q["scale"] * q["fn"].log_prob(q["value"]).sum()
     return ElboTerms(loglik / num_particles, kl / num_particles, model_trace, guide_trace)
 

@@ -13,18 +13,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
+
+from .sites import is_global
 
 
 def global_sites(model, *args, **kwargs):
     """Name -> prototype site for every latent site outside the data plate."""
     with poutine.block(), torch.no_grad():
         trace = poutine.trace(model).get_trace(*args, **kwargs)
-    return {name: site for name, site in trace.iter_stochastic_nodes()
-            if not site_is_subsample(site) and not any(f.name == "data" for f in site["cond_indep_stack"])}
+    return {name: site for name, site in trace.iter_stochastic_nodes() if is_global(site)}
 
 
 def initial_unconstrained(model, site):

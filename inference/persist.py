@@ -179,10 +179,12 @@ def _as_draws(posterior, num_samples):
     """Draws standing in for a guide that cannot be rebuilt; refused if the guide has local (per-input) sites."""
     from pyro import poutine
 
+    from .sites import in_data_plate
+
     with torch.no_grad():
         trace = poutine.trace(posterior.guide).get_trace(posterior.x_proto, None, posterior.mask_proto)
     local = [n for n, site in trace.iter_stochastic_nodes()
-             if any(f.name == "data" for f in site["cond_indep_stack"]) and not site["infer"].get("is_auxiliary")]
+             if in_data_plate(site) and not site["infer"].get("is_auxiliary")]
     if local:
         raise PosteriorFileError(f"cannot save: guide '{posterior.method}' is not one of the named guides and has "
                                  f"local sites ({local[0]}), which fixed draws cannot represent")

@@ -4,7 +4,8 @@ from contextlib import nullcontext
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
+
+from .sites import is_global, is_sampled, with_local_sites
 
 SAMPLES_DIM = -2  # the plate of posterior draws sits left of the data plate
 PAIRS_PER_BATCH = 16384  # (draw, input) pairs per predictive batch: about 640 MiB at the default model size
@@ -12,12 +13,6 @@ PAIRS_PER_BATCH = 16384  # (draw, input) pairs per predictive batch: about 640 M
 
 def draws_plate(s):
     return pyro.plate("samples", s, dim=SAMPLES_DIM) if s > 1 else nullcontext()
-
-
-def is_global(site):
-    """Global sites (weights, hyper-parameters) live outside the ``data`` plate; local ones inside."""
-    return (not site["infer"].get("is_auxiliary") and not site_is_subsample(site)
-            and not any(f.name == "data" for f in site["cond_indep_stack"]))
 
 
 class Posterior:
@@ -127,8 +122,6 @@ class Posterior:
         with draws_plate(s):
             guide_trace = poutine.trace(poutine.condition(self.guide, values)).get_trace(x, None, mask)
             latent = {n: site["value"] for n, site in guide_trace.nodes.items()
-                      if site["type"] == "sample" and not site["infer"].get("is_auxiliary") and not site_is_subsample(site)}
-            local = getattr(self.guide, "local", None)  # attention guides draw local sites in the model's pass
-            model = local(self.model) if local is not None else self.model
-            logits = poutine.condition(model, latent)(x, None, mask)
+                      if is_sampled(site) and not site["infer"].get("is_auxiliary")}  # conditioned: observed
+            logits = poutine.condition(with_local_sites(self.model, self.guide), latent)(x, None, mask)
         return logits.softmax(-1).reshape(s, *logits.shape[-2:])

@@ -22,7 +22,8 @@ from pyro import poutine
 
 from . import arviz_io
 from .metrics import entropy
-from .posterior import draws_plate, is_global
+from .posterior import draws_plate
+from .sites import is_global
 
 ATTENTION_SUFFIX = ".attn.weights"
 
