@@ -19,6 +19,7 @@ from pyro.distributions import constraints
 from torch.distributions import Gamma, Weibull, register_kl
 
 from .base import Prior, PriorError, format_spec, positive
+from .gamma import standard_gamma, standard_gamma_grad
 from .spec import register
 
 EULER = 0.5772156649015329
@@ -30,8 +31,9 @@ class MaskedDirichlet(dist.TorchDistribution):
     ``mask=None`` means every entry is real (the fast path: no masking work at all).
     Sampled as normalized Gamma variates (how torch's ``Dirichlet.rsample`` samples),
     so gradients reach the concentration by implicit reparameterization (torch's
-    ``_standard_gamma`` backward). Sampling runs in float32 whatever the input
-    dtype: half precision Gamma sampling underflows and float64 buys nothing.
+    ``_standard_gamma_grad``, spread over threads by ``priors.gamma``). Sampling runs
+    in float32 whatever the input dtype: half precision Gamma sampling underflows
+    and float64 buys nothing.
     """
 
     arg_constraints = {"concentration": constraints.positive}
@@ -92,7 +94,7 @@ class _NormalizedGamma(torch.autograd.Function):
     @staticmethod
     def forward(ctx, alpha, m):
         a = alpha.float()
-        g = torch._standard_gamma(a)  # torch clamps draws at the smallest normal float, so g > 0
+        g = standard_gamma(a)  # torch clamps draws at the smallest normal float, so g > 0
         kept = g if m is None else g * m
         total = kept.sum(-1, keepdim=True)
         total = total if m is None else torch.where(total > 0, total, torch.ones_like(total))  # padding rows stay 0
@@ -106,7 +108,7 @@ class _NormalizedGamma(torch.autograd.Function):
         a, g, x, total, m = ctx.saved_tensors
         grad = grad.float()
         grad_g = (grad - (grad * x).sum(-1, keepdim=True)) / total
-        grad_a = grad_g * torch._standard_gamma_grad(a, g)
+        grad_a = grad_g * standard_gamma_grad(a, g)
         return (grad_a if m is None else grad_a * m).to(ctx.dtype), None
 
 
