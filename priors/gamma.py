@@ -8,6 +8,7 @@ of ``torch.get_num_threads()`` threads works through. Each chunk draws from its
 own generator, seeded from torch's global one, so draws follow the seed and not
 the thread count. On CUDA, or for small inputs, torch's kernels are called as they are.
 """
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -17,10 +18,11 @@ _pools = {}
 
 
 def _pool():
-    workers = torch.get_num_threads()
-    if workers not in _pools:
-        _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="bzoo-gamma")
-    return _pools[workers]
+    """The pool for the current thread count, per process (a forked child inherits no live threads)."""
+    key = (os.getpid(), torch.get_num_threads())
+    if key not in _pools:
+        _pools[key] = ThreadPoolExecutor(key[1], thread_name_prefix="bzoo-gamma")
+    return _pools[key]
 
 
 def _small(t):
