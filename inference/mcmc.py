@@ -2,13 +2,15 @@
 
 Each chain runs Pyro's ``NUTS`` kernel over the model's global sites (point
 parameters, such as layer norms under ``bayes="weights"``, stay at the values the
-model holds). Chains start apart, each from a freshly initialised network, by
-default refined by a short MAP fit, so that R-hat can see chains that disagree.
+model holds); chains run one after another, or in worker processes (``workers``).
+Chains start apart, each from a freshly initialised network, by default refined
+by a short MAP fit, so that R-hat can see chains that disagree.
 The loop is written out (rather than ``pyro.infer.MCMC``) to record per-draw
 statistics that ArviZ wants: divergences, step size, tree depth, acceptance.
 """
 import copy
 import math
+import multiprocessing
 import time
 
 import numpy as np
@@ -127,14 +129,17 @@ def run_chain(kernel, model_args, warmup, num_samples, desc, progress):
 @register_method("nuts")
 def fit_nuts(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1.0, seed=0, progress=True,
              num_chains=4, warmup=200, num_samples=200, max_tree_depth=6, target_accept=0.8, dense_mass=False,
-             jit_compile=False, init="map"):
+             jit_compile=False, init="map", workers=1):
     """NUTS over the model's global sites: ``num_chains`` chains of ``warmup`` + ``num_samples`` iterations.
 
     ``init``: ``map`` (default) starts each chain from a freshly initialised network
     refined by ``steps`` Adam steps at ``lr`` of MAP; ``random`` from the fresh
     network itself; ``model`` from the model's own initial values (all chains alike).
     ``dense_mass`` adapts a full mass matrix (else diagonal); ``jit_compile`` traces
-    the potential with ``torch.jit``. ``temperature`` tempers the likelihood. The
+    the potential with ``torch.jit``. ``workers`` > 1 runs the chains in that many
+    processes (one per core: chains are independent, so wall time divides by about
+    ``workers``; the processes are spawned, so a script that calls this needs the usual
+    ``if __name__ == "__main__":`` guard). ``temperature`` tempers the likelihood. The
     returned Posterior holds C * D draws (chain-major) and ``info["chains"] = C``,
     ``info["sample_stats"]`` (arrays [C, D]) and ``info["divergences"]``.
     """
@@ -144,43 +149,66 @@ def fit_nuts(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1
         raise FitError(f"unknown nuts init '{init}'; valid: {', '.join(INITS)}")
     if num_chains < 1 or warmup < 0 or num_samples < 1 or max_tree_depth < 1:
         raise FitError("nuts needs num_chains >= 1, warmup >= 0, num_samples >= 1 and max_tree_depth >= 1")
+    if workers < 1:
+        raise FitError(f"workers must be >= 1, got {workers}")
     if not 0 < target_accept < 1:
         raise FitError(f"target_accept must lie in (0, 1), got {target_accept}")
-    x, y, mask = data
     model.eval()
     trainable = [p for p in model.parameters() if p.requires_grad]
     for p in trainable:  # point parameters are constants to NUTS (and torch.jit must see them as such)
         p.requires_grad_(False)
     try:
         return _run(model, data, steps, lr, temperature, seed, progress, num_chains, warmup, num_samples,
-                    max_tree_depth, target_accept, dense_mass, jit_compile, init)
+                    max_tree_depth, target_accept, dense_mass, jit_compile, init, workers)
     finally:
         for p in trainable:
             p.requires_grad_(True)
 
 
-def _run(model, data, steps, lr, temperature, seed, progress, num_chains, warmup, num_samples, max_tree_depth,
-         target_accept, dense_mass, jit_compile, init):
+def one_chain(model, data, c, o):
+    """Chain ``c`` under ``fit_nuts``'s options ``o``: its start, warm-up and draws.
+
+    Returns (draws [D, ...] per site, statistics, seconds spent on the start). A top-level function, so
+    that a worker process can run it.
+    """
+    torch.set_num_threads(o["threads"])  # a worker process does not inherit the parent's setting
+    begin = time.perf_counter()
+    start = chain_start(model, data, o["init"], o["steps"], o["lr"], o["temperature"], o["seed"] + c)
+    start_seconds = time.perf_counter() - begin
+    pyro.set_rng_seed(o["seed"] + c)
+    kernel = NUTS(tempered(model, o["temperature"]), max_tree_depth=o["max_tree_depth"],
+                  target_accept_prob=o["target_accept"], full_mass=o["dense_mass"], jit_compile=o["jit_compile"],
+                  ignore_jit_warnings=True, init_strategy=init_to_value(values=start))
     x, y, mask = data
+    draws, stats = run_chain(kernel, (x, y, mask, None), o["warmup"], o["num_samples"],
+                             f"nuts chain {c + 1}/{o['num_chains']}", o["progress"])
+    # one tensor per site: a worker hands tensors back through a file descriptor each
+    return {n: torch.stack([d[n] for d in draws]) for n in draws[0]}, stats, start_seconds
+
+
+def _run(model, data, steps, lr, temperature, seed, progress, num_chains, warmup, num_samples, max_tree_depth,
+         target_accept, dense_mass, jit_compile, init, workers):
+    x = data[0]
     start_time = time.perf_counter()
-    chains, stats, start_seconds = [], [], 0.0
-    for c in range(num_chains):
-        begin = time.perf_counter()
-        start = chain_start(model, data, init, steps, lr, temperature, seed + c)
-        start_seconds += time.perf_counter() - begin
-        pyro.set_rng_seed(seed + c)
-        kernel = NUTS(tempered(model, temperature), max_tree_depth=max_tree_depth, target_accept_prob=target_accept,
-                      full_mass=dense_mass, jit_compile=jit_compile, ignore_jit_warnings=True,
-                      init_strategy=init_to_value(values=start))
-        draws, chain_stats = run_chain(kernel, (x, y, mask, None), warmup, num_samples,
-                                       f"nuts chain {c + 1}/{num_chains}", progress)
-        chains.append(draws)
-        stats.append(chain_stats)
-    names = list(chains[0][0])
-    draws = {n: torch.stack([d[n] for chain in chains for d in chain]) for n in names}
+    options = {"steps": steps, "lr": lr, "temperature": temperature, "seed": seed,
+               "progress": progress and workers == 1, "num_chains": num_chains, "warmup": warmup,
+               "num_samples": num_samples, "max_tree_depth": max_tree_depth, "target_accept": target_accept,
+               "dense_mass": dense_mass, "jit_compile": jit_compile, "init": init, "threads": torch.get_num_threads()}
+    jobs = [(model, data, c, options) for c in range(num_chains)]
+    if workers > 1:  # spawn, not fork: a forked child can hang on the parent's OpenMP state
+        with multiprocessing.get_context("spawn").Pool(min(workers, num_chains)) as pool:
+            results = pool.starmap(one_chain, jobs, chunksize=1)
+    else:
+        results = [one_chain(*job) for job in jobs]
+    chains = [r[0] for r in results]
+    stats = [r[1] for r in results]
+    start_seconds = sum(r[2] for r in results)
+    draws = {n: torch.cat([chain[n] for chain in chains]) for n in chains[0]}
     sample_stats = {k: np.array([s[k] for s in stats]) for k in stats[0]}
     info = {"chains": num_chains, "draws_per_chain": num_samples, "warmup": warmup, "max_tree_depth": max_tree_depth,
             "target_accept": target_accept, "dense_mass": dense_mass, "init": init, "temperature": temperature,
-            "seed": seed, "sample_stats": sample_stats, "divergences": int(sample_stats["diverging"].sum()),
+            "seed": seed, "workers": workers, "sample_stats": sample_stats,
+            "divergences": int(sample_stats["diverging"].sum()),
             "wall_time": time.perf_counter() - start_time, "start_time": start_seconds}
+    mask = data[2]
     return Posterior(model, "nuts", draws=draws, info=info, x_proto=x[:2], mask_proto=None if mask is None else mask[:2])

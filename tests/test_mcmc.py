@@ -97,7 +97,7 @@ def test_predictive_distance_by_hand():
         predictive_distance(probs[:, :1], ref)
 
 
-@pytest.mark.parametrize("option", [dict(init="prior"), dict(target_accept=1.0), dict(num_chains=0),
+@pytest.mark.parametrize("option", [dict(init="prior"), dict(target_accept=1.0), dict(num_chains=0), dict(workers=0),
                                     dict(batch_size=4)])
 def test_nuts_rejects_bad_options(option):
     x, y = regression()
@@ -129,3 +129,15 @@ def test_the_numpyro_comparison_runs_the_same_network():
     params = {n: v.detach() + 0.3 * torch.randn_like(v) for n, v in model.net.named_parameters()}
     logits = jax_forward(model, jnp.asarray(x.numpy()))({n: jnp.asarray(v.numpy()) for n, v in params.items()})
     assert np.allclose(np.asarray(logits), model.net(x, None, params).numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_chains_in_worker_processes_match_chains_run_in_turn():
+    """``workers=2`` runs each chain in its own process with the same seeds: the same draws as in turn."""
+    x, y = regression()
+    options = dict(guide="nuts", num_chains=2, warmup=20, num_samples=10, init="model", progress=False)
+    one = fit(BayesianLinearRegression(3, noise_scale=0.5), (x, y), **options)
+    two = fit(BayesianLinearRegression(3, noise_scale=0.5), (x, y), workers=2, **options)
+    assert two.info["workers"] == 2 and two.draws["weight"].shape == (20, 3)
+    assert torch.equal(one.draws["weight"], two.draws["weight"])
+    assert np.array_equal(one.info["sample_stats"]["n_steps"], two.info["sample_stats"]["n_steps"])
