@@ -17,7 +17,7 @@ from . import arviz_io, plots
 from .metrics import evaluate
 
 TABLE_KEYS = ("accuracy", "nll", "ece", "aece", "brier", "entropy", "mi", "ood_auroc", "ood_aupr", "ood_auroc_mi",
-              "ood_aupr_mi")
+              "ood_aupr_mi", "tv", "tv_max", "kl", "fit_seconds")  # the last four where a study adds them
 
 
 def stacked(ds, name):

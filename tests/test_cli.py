@@ -57,6 +57,24 @@ def test_study_smoke_run_writes_results(tmp_path, capsys):
     assert set(results["metrics"]) == {r["label"] for r in recipes.STUDY[:2]}
     text = (out / "results.md").read_text()
     assert "| map |" in text and (out / "reliability.png").exists()
+    assert "fit_seconds" in text.split("## Results")[1]
+
+
+def test_study_with_a_reference_tabulates_each_rows_distance_to_it(tmp_path):
+    from zoo.data import load
+    from zoo.runs import RunFolder
+    from zoo.study import run_study
+
+    reference = {"label": "nuts (reference)", "guide": "nuts", "model": {"d_model": 4, "depth": 1, "heads": 1},
+                 "options": {"num_chains": 2, "warmup": 5, "num_samples": 5, "steps": 5, "init": "random"}}
+    rows = [r for r in recipes.STUDY if r["label"] == "map"]
+    run_study(load("ItalyPowerDemand"), RunFolder(tmp_path / "study"), rows=rows, steps_scale=0.005,
+              reference=reference, peers=False, num_samples=4)
+    table = (tmp_path / "study" / "results.md").read_text().split("## Results")[1]
+    header = table.strip().splitlines()[0]
+    assert {"tv", "kl"} <= {c.strip() for c in header.split("|")}
+    metrics = json.loads((tmp_path / "study" / "results.json").read_text())["metrics"]
+    assert metrics["nuts (reference)"]["tv"] == 0 and metrics["map"]["tv"] > 0
 
 
 @pytest.mark.parametrize("argv, words", [
