@@ -157,9 +157,13 @@ def fit_nuts(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1
     trainable = [p for p in model.parameters() if p.requires_grad]
     for p in trainable:  # point parameters are constants to NUTS (and torch.jit must see them as such)
         p.requires_grad_(False)
+    options = {"steps": steps, "lr": lr, "temperature": temperature, "seed": seed,
+               "progress": progress and workers == 1, "num_chains": num_chains, "warmup": warmup,
+               "num_samples": num_samples, "max_tree_depth": max_tree_depth, "target_accept": target_accept,
+               "dense_mass": dense_mass, "jit_compile": jit_compile, "init": init, "workers": workers,
+               "threads": torch.get_num_threads()}
     try:
-        return _run(model, data, steps, lr, temperature, seed, progress, num_chains, warmup, num_samples,
-                    max_tree_depth, target_accept, dense_mass, jit_compile, init, workers)
+        return _run(model, data, options)
     finally:
         for p in trainable:
             p.requires_grad_(True)
@@ -186,29 +190,22 @@ def one_chain(model, data, c, o):
     return {n: torch.stack([d[n] for d in draws]) for n in draws[0]}, stats, start_seconds
 
 
-def _run(model, data, steps, lr, temperature, seed, progress, num_chains, warmup, num_samples, max_tree_depth,
-         target_accept, dense_mass, jit_compile, init, workers):
-    x = data[0]
+def _run(model, data, o):
+    """All chains under ``o`` (``fit_nuts``'s options), in turn or in ``o["workers"]`` processes."""
     start_time = time.perf_counter()
-    options = {"steps": steps, "lr": lr, "temperature": temperature, "seed": seed,
-               "progress": progress and workers == 1, "num_chains": num_chains, "warmup": warmup,
-               "num_samples": num_samples, "max_tree_depth": max_tree_depth, "target_accept": target_accept,
-               "dense_mass": dense_mass, "jit_compile": jit_compile, "init": init, "threads": torch.get_num_threads()}
-    jobs = [(model, data, c, options) for c in range(num_chains)]
-    if workers > 1:  # spawn, not fork: a forked child can hang on the parent's OpenMP state
-        with multiprocessing.get_context("spawn").Pool(min(workers, num_chains)) as pool:
+    jobs = [(model, data, c, o) for c in range(o["num_chains"])]
+    if o["workers"] > 1:  # spawn, not fork: a forked child can hang on the parent's OpenMP state
+        with multiprocessing.get_context("spawn").Pool(min(o["workers"], o["num_chains"])) as pool:
             results = pool.starmap(one_chain, jobs, chunksize=1)
     else:
         results = [one_chain(*job) for job in jobs]
-    chains = [r[0] for r in results]
-    stats = [r[1] for r in results]
-    start_seconds = sum(r[2] for r in results)
+    chains, stats, start_seconds = zip(*results)
     draws = {n: torch.cat([chain[n] for chain in chains]) for n in chains[0]}
     sample_stats = {k: np.array([s[k] for s in stats]) for k in stats[0]}
-    info = {"chains": num_chains, "draws_per_chain": num_samples, "warmup": warmup, "max_tree_depth": max_tree_depth,
-            "target_accept": target_accept, "dense_mass": dense_mass, "init": init, "temperature": temperature,
-            "seed": seed, "workers": workers, "sample_stats": sample_stats,
-            "divergences": int(sample_stats["diverging"].sum()),
-            "wall_time": time.perf_counter() - start_time, "start_time": start_seconds}
-    mask = data[2]
+    info = {"chains": o["num_chains"], "draws_per_chain": o["num_samples"],
+            **{k: o[k] for k in ("warmup", "max_tree_depth", "target_accept", "dense_mass", "init", "temperature",
+                                 "seed", "workers")},
+            "sample_stats": sample_stats, "divergences": int(sample_stats["diverging"].sum()),
+            "wall_time": time.perf_counter() - start_time, "start_time": sum(start_seconds)}
+    x, _, mask = data
     return Posterior(model, "nuts", draws=draws, info=info, x_proto=x[:2], mask_proto=None if mask is None else mask[:2])
