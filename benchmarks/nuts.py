@@ -13,12 +13,12 @@ import numpy as np
 import torch
 
 from inference import evaluate, fit, function_space, weight_space
-from zoo import TransformerClassifier
+from zoo import TransformerClassifier, recipes
 from zoo.data import load
 
-# 602 Bayesian weights on ItalyPowerDemand. One block, not two: a second block multiplies the
-# network's sensitivity to its weights and with it the posterior's stiffest curvature (docs/reference.md).
-REFERENCE = dict(d_model=8, depth=1, heads=2, mlp_ratio=2)
+# The defaults are the study's reference row (zoo/recipes.py): 602 Bayesian weights on ItalyPowerDemand.
+REFERENCE = {**recipes.MODEL, **recipes.REFERENCE["model"]}
+OPTIONS = recipes.REFERENCE["options"]
 
 
 def parse(argv):
@@ -28,20 +28,20 @@ def parse(argv):
     p.add_argument("--depth", type=int, default=REFERENCE["depth"])
     p.add_argument("--heads", type=int, default=REFERENCE["heads"])
     p.add_argument("--mlp-ratio", type=int, default=REFERENCE["mlp_ratio"])
-    p.add_argument("--prior", default="gaussian:scale=1")
+    p.add_argument("--prior", default=recipes.PRIOR)
     p.add_argument("--bayes", default="weights")
-    p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=300)
-    p.add_argument("--draws", type=int, default=300)
-    p.add_argument("--max-tree-depth", type=int, default=6)
+    p.add_argument("--chains", type=int, default=OPTIONS["num_chains"])
+    p.add_argument("--warmup", type=int, default=OPTIONS["warmup"])
+    p.add_argument("--draws", type=int, default=OPTIONS["num_samples"])
+    p.add_argument("--max-tree-depth", type=int, default=OPTIONS["max_tree_depth"])
     p.add_argument("--target-accept", type=float, default=0.8)
-    p.add_argument("--dense-mass", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--dense-mass", action=argparse.BooleanOptionalAction, default=OPTIONS["dense_mass"],
                    help="adapt a full mass matrix (default; --no-dense-mass: diagonal)")
-    p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=OPTIONS["jit_compile"],
                    help="jit_compile the potential (torch.jit trace; default)")
     p.add_argument("--init", default="map", choices=["map", "random", "model"])
-    p.add_argument("--map-steps", type=int, default=500)
-    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--map-steps", type=int, default=OPTIONS["steps"])
+    p.add_argument("--lr", type=float, default=OPTIONS["lr"])
     p.add_argument("--workers", type=int, default=1, help="processes the chains run in (one per core)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (tiny ops: 1 is fastest)")
     p.add_argument("--seed", type=int, default=0)
