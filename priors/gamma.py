@@ -31,7 +31,7 @@ def _small(t):
 
 
 def _map_chunks(fn, tensors, *per_chunk):
-    """``fn(*chunks, *extras)`` over aligned flat chunks of ``tensors`` on the pool, reassembled in their shape."""
+    """``fn(*chunks, *per_chunk items)`` over aligned flat chunks of ``tensors`` on the pool, in their shape."""
     chunks = [t.reshape(-1).split(CHUNK) for t in tensors]
     return torch.cat(list(_pool().map(fn, *chunks, *per_chunk))).view(tensors[0].shape)
 

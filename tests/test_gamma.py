@@ -46,4 +46,3 @@ def test_threaded_gradient_is_torchs_implicit_gradient(threads):
     alpha = torch.rand(2, CHUNK + 3) * 5 + 0.05
     g = torch._standard_gamma(alpha)
     assert torch.equal(standard_gamma_grad(alpha, g), torch._standard_gamma_grad(alpha, g))
-
