@@ -15,10 +15,10 @@ import time
 import torch
 from torch.distributions import kl_divergence
 
-from benchmarks.plain import PlainTransformer, train_step
 from inference import fit
 from priors import MaskedDirichlet
 from zoo import TransformerClassifier
+from zoo.models.plain import PlainTransformer, train_step
 
 WORKLOAD = {"d_model": 64, "depth": 2, "heads": 4, "seq_len": 64, "batch": 64}
 

@@ -8,7 +8,7 @@ from .arviz_io import to_inference_data
 from .compare import compare
 from .prior_predictive import PriorPredictive, prior_predictive
 from . import baselines, laplace, mcmc  # noqa: F401  (register nuts, laplace, ensemble, mc_dropout)
-from .function_space import function_space, predictive_distance, weight_space
+from .mcmc import function_space, predictive_distance, weight_space
 
 __all__ = ["fit", "Posterior", "FitError", "NonFiniteError", "GUIDES", "register_method", "method_names",
            "evaluate", "elbo_terms", "function_space", "weight_space", "predictive_distance"]

@@ -8,8 +8,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from zoo.data import check_data
-
+from .checks import check_data
 from .elbo import NonFiniteError, elbo_terms, first_nonfinite_site
 from .guides import GUIDES
 from .persist import Checkpoint

@@ -22,7 +22,7 @@ from pyro.infer.mcmc.util import initialize_model
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .fit import FitError, fit, register_method
-from .mcmc import Tempered, tempered
+from .mcmc.nuts import Tempered, tempered
 from .posterior import Posterior
 
 SUBSETS = ("auto", "all", "last-layer")

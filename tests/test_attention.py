@@ -12,7 +12,7 @@ import priors
 import zoo
 from inference.elbo import elbo_terms
 from priors import MaskedDirichlet
-from zoo.attention import site_name
+from zoo.models.attention import site_name
 
 torch.set_num_threads(2)
 

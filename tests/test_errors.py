@@ -14,7 +14,7 @@ from priors import PriorError
 from zoo import ModelError, TransformerClassifier, cli, data
 from zoo.data import DataError
 from zoo.runs import RunFolder, RunFolderError
-from zoo.transformer import InputShapeError
+from zoo.models.transformer import InputShapeError
 
 quick = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

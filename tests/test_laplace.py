@@ -7,7 +7,7 @@ import torch
 from inference import FitError, fit
 from priors import Gaussian
 from zoo import BayesianLinearRegression, TransformerClassifier
-from zoo.linear import exact_posterior
+from zoo.models.linear import exact_posterior
 from linear_data import regression
 
 

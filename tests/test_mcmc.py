@@ -7,11 +7,11 @@ import torch
 from pyro import poutine
 
 from inference import FitError, fit, function_space, predictive_distance, weight_space
-from inference.function_space import by_chain, convergence
+from inference.mcmc import by_chain, convergence
 from inference.mcmc import tempered
 from priors import Gaussian
 from zoo import BayesianLinearRegression, TransformerClassifier
-from zoo.linear import exact_posterior
+from zoo.models.linear import exact_posterior
 from linear_data import regression
 
 

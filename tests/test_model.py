@@ -3,7 +3,7 @@ import pyro
 import pytest
 import torch
 
-from benchmarks.plain import PlainTransformer
+from zoo.models.plain import PlainTransformer
 from zoo import ModelError, TransformerClassifier
 
 

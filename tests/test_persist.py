@@ -150,7 +150,7 @@ def test_file_holds_versions_config_prior_and_method(tmp_path):
     posterior.save(tmp_path / "p.pt")
     obj = torch.load(tmp_path / "p.pt", weights_only=True)
     assert obj["format_version"] == FORMAT_VERSION and obj["zoo_version"] and obj["torch_version"]
-    assert obj["model_class"] == "zoo.classifier.TransformerClassifier"
+    assert obj["model_class"] == "zoo.models.classifier.TransformerClassifier"
     assert obj["prior"] == "gaussian:scale=1,fan_in=false" and obj["method"] == "mean_field"
     assert obj["guide_state"] and obj["draws"] is None
 

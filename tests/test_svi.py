@@ -9,7 +9,7 @@ from torch.distributions import kl_divergence
 from inference import GUIDES, Posterior, elbo_terms, fit
 from priors import Gaussian
 from zoo import BayesianLinearRegression, TransformerClassifier
-from zoo.linear import exact_posterior
+from zoo.models.linear import exact_posterior
 
 
 def regression(n=50, noise=0.5):

@@ -3,7 +3,7 @@ import pyro
 import torch
 
 from zoo import TransformerClassifier, data, recipes
-from zoo.classifier import WHERE
+from zoo.models.classifier import WHERE
 
 
 def add_data_arguments(parser):

@@ -1,13 +1,13 @@
 """The peer: the identical architecture as an ordinary nn.Module, trained with Adam + cross-entropy.
 
-Written independently of ``zoo.transformer`` (nn.Linear, nn.LayerNorm, SDPA) so
+Written independently of ``zoo.models.transformer`` (nn.Linear, nn.LayerNorm, SDPA) so
 that the benchmark compares against what a user would write by hand; a test
 checks that, given the same weights, both compute the same logits.
 """
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.layers import sinusoidal_positions
+from .layers import sinusoidal_positions
 
 
 class PlainBlock(nn.Module):

@@ -21,8 +21,8 @@ from pyro.infer.mcmc import NUTS
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
-from .fit import FitError, fit, register_method
-from .posterior import Posterior
+from ..fit import FitError, fit, register_method
+from ..posterior import Posterior
 
 INITS = ("map", "random", "model")
 

@@ -4,7 +4,7 @@ The posterior of a layer's attention is computed from that layer's queries and
 keys, which only the model's forward pass computes. Rather than run the network
 twice (once in the guide for q, k and again in the model), the guide contributes
 a handler, ``guide.local(model)``: when the model's attention hook reaches a site
-carrying ``infer["attention"]`` (see ``zoo.attention``), the handler builds the
+carrying ``infer["attention"]`` (see ``zoo.models.attention``), the handler builds the
 amortized posterior from the logits there, draws the value by ``rsample`` and
 attaches the posterior as ``infer["posterior"]``; ``inference.elbo`` then adds the
 closed-form KL(posterior || prior) of that site, scaled by its plate. One forward
@@ -29,7 +29,7 @@ from pyro.poutine.messenger import Messenger
 
 from priors import MaskedDirichlet
 
-from .guides import _key, global_sites
+from .weight import _key, global_sites
 
 
 class LocalPosterior(Messenger):
@@ -58,7 +58,7 @@ class AttentionGuide(nn.Module):
 
     def __init__(self, model, *args, init, weights="mean_field", **weight_options):
         super().__init__()
-        from .guides import GUIDES  # the registry imports this module at its end
+        from . import GUIDES  # the registry is filled once this module is imported
 
         if getattr(model, "attention", None) != self.family:
             raise TypeError(f"the model has no {self.family} attention sites (build it with bayes containing "

@@ -4,7 +4,7 @@
 ordinary attention logits ``q k^T / sqrt(dh)`` and draws the site
 ``blocks.{i}.attn.weights`` of shape [H, T, T] per sequence from the layer's prior,
 attaching the logits and mask as ``infer["attention"]``. The model never knows the
-guide: an attention guide (``inference.dirichlet``) reads that context and draws
+guide: an attention guide (``inference.guides.attention``) reads that context and draws
 the value from its amortized posterior in this same forward pass, so the network
 runs once per step. Without such a guide the rows are prior draws (a prior
 predictive check).

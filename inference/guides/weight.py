@@ -1,4 +1,4 @@
-"""Weight-space guides, chosen by name: ``map``, ``mean_field``, ``low_rank``.
+"""Weight-space guides: ``map`` (Delta), ``mean_field`` and ``low_rank``.
 
 Each is built from a prototype trace of the model, like Pyro's autoguides, and
 starts at the network's own initial values so that SVI begins where ordinary
@@ -17,7 +17,7 @@ from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 
-from .sites import is_global
+from ..sites import is_global
 
 
 def global_sites(model, *args, **kwargs):
@@ -113,14 +113,3 @@ def low_rank(model, *args, rank=10, init_scale=1e-2, **kwargs):
     guide._pyro_name = f"low_rank_{next(_LOW_RANK_IDS)}"
     guide(*args, **kwargs)  # creates the parameters
     return guide
-
-
-GUIDES = {
-    "map": Delta,
-    "mean_field": MeanField,
-    "low_rank": low_rank,
-}
-
-from .dirichlet import BAM, Dirichlet  # noqa: E402  (attention-space guides; that module imports this one)
-
-GUIDES.update(dirichlet=Dirichlet, bam=BAM)
