@@ -33,9 +33,10 @@ def test_bayes_choices_select_sites():
         small(bayes="blocks.7.*")
 
 
-def test_point_network_equals_plain_pytorch_with_same_weights():
-    model = small(bayes="none")
-    plain = PlainTransformer(2, 3, d_model=16, depth=2, heads=2)
+@pytest.mark.parametrize("patch", [1, 3])
+def test_point_network_equals_plain_pytorch_with_same_weights(patch):
+    model = small(bayes="none", patch=patch)
+    plain = PlainTransformer(2, 3, d_model=16, depth=2, heads=2, patch=patch)
     plain.load_state_dict(model.net.state_dict())
     x = torch.randn(5, 7, 2)
     mask = torch.arange(7) < torch.tensor([7, 3, 5, 1, 6])[:, None]
@@ -43,8 +44,9 @@ def test_point_network_equals_plain_pytorch_with_same_weights():
     assert torch.allclose(model.net(x, mask), plain(x, mask), atol=1e-5)
 
 
-def test_padding_changes_nothing_and_variable_lengths_batch_like_singles():
-    model = small(bayes="none")
+@pytest.mark.parametrize("patch", [1, 2, 3])
+def test_padding_changes_nothing_and_variable_lengths_batch_like_singles(patch):
+    model = small(bayes="none", patch=patch)
     lengths = [7, 3, 5]
     x = torch.randn(3, 7, 2)
     mask = torch.arange(7) < torch.tensor(lengths)[:, None]
@@ -67,6 +69,22 @@ def test_vectorized_draws_equal_a_loop_over_draws(tokens):
     for i in range(s):
         single = model.net(x, mask, {n: v[i] for n, v in draws.items()})
         assert torch.allclose(batched[i], single, atol=1e-5)
+
+
+def test_patches_cut_long_series_into_at_most_the_default_number_of_tokens():
+    from zoo.models import MAX_TOKENS, default_patch
+    from zoo.models.layers import patches
+
+    for length in (1, 24, 64, 65, 150, 427, 1460):
+        p = default_patch(length)
+        tokens, _ = patches(torch.randn(2, length, 3), None, p)
+        assert tokens.shape == (2, -(-length // p), 3 * p) and tokens.shape[1] <= MAX_TOKENS
+        assert p == 1 or -(-length // (p - 1)) > MAX_TOKENS  # the smallest such patch
+    x = torch.arange(10.0).reshape(1, 5, 2)
+    tokens, mask = patches(x, torch.tensor([[True, True, True, False, False]]), 2)
+    assert tokens.tolist() == [[[0, 1, 2, 3], [4, 5, 0, 0], [0, 0, 0, 0]]] and mask.tolist() == [[True, True, False]]
+    long = small(bayes="none", patch=default_patch(300), max_len=300)
+    assert long.net(torch.randn(2, 300, 2)).shape == (2, 3)
 
 
 def test_model_logits_follow_the_particle_plate():

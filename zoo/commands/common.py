@@ -3,6 +3,7 @@ import pyro
 import torch
 
 from zoo import TransformerClassifier, data, recipes
+from zoo.models import MAX_TOKENS, default_patch
 from zoo.models.classifier import WHERE
 
 
@@ -26,6 +27,8 @@ def add_model_arguments(parser, many_priors=False):
     for key, value in recipes.MODEL.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=value, help=f"default {value}")
     parser.add_argument("--dropout", type=float, default=0.0, help="dropout rate (MC dropout uses it)")
+    parser.add_argument("--patch", type=int, help="time steps per token (default: the fewest that keep a series "
+                                                  f"at most {MAX_TOKENS} tokens)")
 
 
 def add_run_arguments(parser):
@@ -52,7 +55,8 @@ def build_model(args, dataset, prior=None, bayes=None):
         dataset.num_classes, input_dim=dataset.input_dim,
         vocab_size=int(max(dataset.train.x.max(), dataset.test.x.max())) + 1 if dataset.tokens else None,
         d_model=args.d_model, depth=args.depth, heads=args.heads, mlp_ratio=args.mlp_ratio,
-        max_len=max(512, dataset.max_len), dropout=args.dropout, bayes=bayes or args.bayes,
+        max_len=max(512, dataset.max_len), dropout=args.dropout,
+        patch=args.patch or (1 if dataset.tokens else default_patch(dataset.max_len)), bayes=bayes or args.bayes,
         prior=prior or args.prior or recipes.PRIOR, attention_prior=getattr(args, "attention_prior", None))
 
 

@@ -1,7 +1,7 @@
 """The transformer models: the deterministic network, its Pyro classifier, attention forms, peers."""
 from .classifier import ModelError, TransformerClassifier
 from .linear import BayesianLinearRegression
-from .transformer import InputShapeError, Transformer, TransformerConfig
+from .transformer import MAX_TOKENS, InputShapeError, Transformer, TransformerConfig, default_patch
 
 __all__ = ["TransformerClassifier", "Transformer", "TransformerConfig", "BayesianLinearRegression", "ModelError",
-           "InputShapeError"]
+           "InputShapeError", "default_patch", "MAX_TOKENS"]

@@ -80,18 +80,21 @@ class TransformerClassifier(nn.Module):
     with prior ``attention_prior`` (an attention prior, spec or glob map; default
     per family in ``DEFAULT_ATTENTION_PRIOR``).
 
+    ``patch`` cuts a real-valued series into tokens of that many steps (long series:
+    ``zoo.models.default_patch(T)`` keeps at most 64 tokens, so attention sites stay small).
+
     Calling the model runs it: ``model(x, y, mask, dataset_size)`` samples the sites,
     computes logits and, inside a ``data`` plate of size ``dataset_size`` (so a
     minibatch likelihood is scaled to the full data), observes ``y``.
     """
 
     def __init__(self, num_classes, input_dim=None, vocab_size=None, d_model=32, depth=2, heads=4,
-                 mlp_ratio=2, max_len=512, dropout=0.0, bayes="weights", prior=DEFAULT_PRIOR,
+                 mlp_ratio=2, max_len=512, dropout=0.0, patch=1, bayes="weights", prior=DEFAULT_PRIOR,
                  attention_prior=None):
         super().__init__()
         try:
             self.cfg = TransformerConfig(num_classes, input_dim, vocab_size, d_model, depth, heads,
-                                         mlp_ratio, max_len, dropout)
+                                         mlp_ratio, max_len, dropout, patch)
         except ValueError as e:
             raise ModelError(str(e)) from None
         self.net = Transformer(self.cfg)

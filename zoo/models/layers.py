@@ -61,6 +61,23 @@ def softmax_attention(q, k, v, mask=None, layer=None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).reshape(shape)
 
 
+def patches(x, mask, size):
+    """[B, T, C] -> [B, ceil(T / size), size * C] tokens of ``size`` consecutive steps (the tail zero-padded).
+
+    A token is real when any of its steps is; padded steps enter as zeros, so what padding holds never
+    matters and a short series patches as it would alone.
+    """
+    b, t, c = x.shape
+    if mask is not None:
+        x = x.masked_fill(~mask[..., None], 0.0)
+    pad = -t % size  # fewer than ``size`` steps, so every token keeps at least one real step of a full series
+    if pad:
+        x = F.pad(x, (0, 0, 0, pad))
+        mask = None if mask is None else F.pad(mask, (0, pad))
+    x = x.reshape(b, (t + pad) // size, size * c)
+    return x, None if mask is None else mask.reshape(b, -1, size).any(-1)
+
+
 def sinusoidal_positions(max_len, d_model):
     pos = torch.arange(max_len, dtype=torch.float32)[:, None]
     freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))

@@ -29,15 +29,22 @@ class PlainBlock(nn.Module):
 
 
 class PlainTransformer(nn.Module):
-    def __init__(self, input_dim, num_classes, d_model=64, depth=2, heads=4, mlp_ratio=2, max_len=512, dropout=0.0):
+    def __init__(self, input_dim, num_classes, d_model=64, depth=2, heads=4, mlp_ratio=2, max_len=512, dropout=0.0,
+                 patch=1):
         super().__init__()
-        self.embed = nn.Linear(input_dim, d_model)
-        self.register_buffer("pos", sinusoidal_positions(max_len, d_model), persistent=False)
+        self.patch = patch
+        self.embed = nn.Linear(input_dim * patch, d_model)
+        self.register_buffer("pos", sinusoidal_positions(-(-max_len // patch), d_model), persistent=False)
         self.blocks = nn.ModuleList(PlainBlock(d_model, heads, mlp_ratio, dropout) for _ in range(depth))
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, num_classes)
 
     def forward(self, x, mask=None):
+        if self.patch > 1:  # consecutive steps side by side, the tail zero-padded; a patch is real if any step is
+            pad = -x.shape[1] % self.patch
+            x = x if mask is None else x.masked_fill(~mask[..., None], 0.0)
+            x = F.pad(x, (0, 0, 0, pad)).reshape(x.shape[0], -1, self.patch * x.shape[2])
+            mask = None if mask is None else F.pad(mask, (0, pad)).reshape(x.shape[0], x.shape[1], -1).any(-1)
         h = self.embed(x) + self.pos[: x.shape[1]]
         for block in self.blocks:
             h = block(h, mask)

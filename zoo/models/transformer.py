@@ -5,12 +5,20 @@ network with ``params`` (a dict of full parameter names to tensors, possibly wit
 a leading sample dimension) standing in for the module's own parameters; that is
 how Bayesian sites and draws enter without the network knowing about Pyro.
 """
+import math
 from dataclasses import asdict, dataclass
 
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import embedding, layer_norm, linear, masked_mean, sinusoidal_positions, softmax_attention
+from .layers import embedding, layer_norm, linear, masked_mean, patches, sinusoidal_positions, softmax_attention
+
+MAX_TOKENS = 64  # the default patch keeps a series at most this many tokens, so attention sites stay small
+
+
+def default_patch(length, max_tokens=MAX_TOKENS):
+    """The smallest patch size that cuts a series of ``length`` steps into at most ``max_tokens`` tokens."""
+    return max(1, math.ceil(length / max_tokens))
 
 
 class InputShapeError(ValueError):
@@ -26,14 +34,22 @@ class TransformerConfig:
     depth: int = 2
     heads: int = 4
     mlp_ratio: int = 2
-    max_len: int = 512
+    max_len: int = 512  # longest series, in time steps
     dropout: float = 0.0
+    patch: int = 1  # time steps per token: real-valued series are cut into patches of this many steps
 
     def __post_init__(self):
         if (self.input_dim is None) == (self.vocab_size is None):
             raise ValueError("give exactly one of input_dim (real-valued input) or vocab_size (tokens)")
         if self.d_model % self.heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by heads={self.heads}")
+        if self.patch < 1 or (self.patch > 1 and self.vocab_size is not None):
+            raise ValueError(f"patch={self.patch}: a patch is a whole number >= 1 of steps of a real-valued series "
+                             f"(token inputs take patch=1)")
+
+    @property
+    def max_tokens(self):
+        return math.ceil(self.max_len / self.patch)
 
     def to_dict(self):
         return asdict(self)
@@ -56,7 +72,7 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Embedding + sinusoidal positions, pre-norm blocks, masked mean pooling, linear head."""
+    """Embedding (of patches of ``patch`` steps) + sinusoidal positions, pre-norm blocks, masked mean pooling, head."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -65,8 +81,8 @@ class Transformer(nn.Module):
             self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
             nn.init.normal_(self.embed.weight, std=0.02)
         else:
-            self.embed = nn.Linear(cfg.input_dim, cfg.d_model)
-        self.register_buffer("pos", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False)
+            self.embed = nn.Linear(cfg.input_dim * cfg.patch, cfg.d_model)
+        self.register_buffer("pos", sinusoidal_positions(cfg.max_tokens, cfg.d_model), persistent=False)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.num_classes)
@@ -94,6 +110,8 @@ class Transformer(nn.Module):
         p, s = self.parameters_with(params)
         s = s or samples
         cfg = self.cfg
+        if cfg.patch > 1:
+            x, mask = patches(x, mask, cfg.patch)
         if cfg.vocab_size is not None:
             h = embedding(x, p["embed.weight"])
         else:

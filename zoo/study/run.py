@@ -41,7 +41,10 @@ def fit_row(row, dataset, model_options, seed, device, steps_scale=1.0):
 def run_study(dataset, out, rows=None, seed=0, device="cpu", num_samples=recipes.NUM_SAMPLES, steps_scale=1.0,
               reference=None, peers=True, model_options=None):
     """Fit and compare every row; write results.json, results.md and plots into RunFolder ``out``."""
-    model_options = {**recipes.MODEL, **(model_options or {})}
+    from ..models import default_patch
+
+    sized = {"max_len": dataset.max_len, "patch": 1 if dataset.tokens else default_patch(dataset.max_len)}
+    model_options = {**recipes.MODEL, **sized, **(model_options or {})}
     rows = recipes.STUDY if rows is None else rows
     ood = ood_inputs(dataset)
     test = (dataset.test.x, dataset.test.y, dataset.test.mask)
