@@ -90,3 +90,27 @@ def test_bzoo_datasets_prints_sizes_classes_channels_and_length(capsys):
     assert lines["JapaneseVowels"][1:6] == ["270", "370", "9", "12", "7-29"]
     assert lines["digits"][1:6] == ["1257", "540", "10", "8", "8"]
     assert all(name in lines for name in NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_dataset_fits_and_predicts_with_the_default_model_and_patch(name):
+    """The default model and patch on a slice of each dataset, for every way the zoo attends or draws."""
+    from inference import fit
+    from zoo import TransformerClassifier, recipes
+    from zoo.models import MAX_TOKENS, default_patch
+
+    ds = data.load(name)
+    patch = default_patch(ds.max_len)
+    assert -(-ds.max_len // patch) <= MAX_TOKENS
+    part = lambda s, n: data.Split(s.x[:n], s.y[:n], None if s.mask is None else s.mask[:n])  # noqa: E731
+    train, test = part(ds.train, 16), part(ds.test, 8)
+    rows = {"map": ("weights", {}), "dirichlet": ("attention", {}), "bam": ("bam", {}),
+            "mc_dropout": ("weights", {"dropout": 0.1})}
+    for guide, (bayes, extra) in rows.items():
+        torch.manual_seed(0)
+        model = TransformerClassifier(ds.num_classes, input_dim=ds.input_dim, **recipes.MODEL, max_len=ds.max_len,
+                                      patch=patch, bayes=bayes, **extra)
+        options = {"num_samples": 3} if guide == "mc_dropout" else {}
+        posterior = fit(model, train, guide=guide, steps=1, progress=False, **options)
+        probs = posterior.predict(test.x, 3, test.mask)
+        assert probs.shape[-2:] == (8, ds.num_classes) and torch.isfinite(probs).all(), guide
