@@ -9,7 +9,6 @@ from .sites import is_global, is_sampled, with_local_sites
 
 SAMPLES_DIM = -2  # the plate of posterior draws sits left of the data plate
 PAIRS_PER_BATCH = 16384  # (draw, input) pairs per predictive batch: about 640 MiB at the default model size
-PAIRS_TOKENS = 24  # ... for inputs of up to this many tokens; attention grows as tokens^2, so longer ones get fewer
 
 
 def draws_plate(s):
@@ -69,15 +68,14 @@ class Posterior:
         Global draws are taken once and shared across batches, so each of the S
         rows is one function evaluated on every input. Pass ``draws`` (from
         ``sample``) to evaluate those same functions, e.g. on train and test data.
-        ``batch_size`` inputs go through together (default: ``PAIRS_PER_BATCH // S``, fewer
-        by (PAIRS_TOKENS / tokens)^2 for inputs of more tokens, so peak memory stays flat as
-        the number of draws and the length grow).
+        ``batch_size`` inputs go through together (default: ``PAIRS_PER_BATCH // S``,
+        so peak memory stays flat as the number of draws grows).
         """
         was_training = self.model.training
         self.model.train(self.info.get("dropout_at_test", False))
         try:
             s = next(iter(draws.values())).shape[0] if draws else self.num_draws(num_samples)
-            batch_size = batch_size or self.default_batch_size(s, x.shape[1])
+            batch_size = batch_size or max(1, PAIRS_PER_BATCH // s)
             x = x.to(self.device)
             if hasattr(getattr(self.model, "net", None), "check_input"):
                 self.model.net.check_input(x)  # a one-line error before any Pyro trace
@@ -89,12 +87,6 @@ class Posterior:
             return torch.cat(out, dim=-2)
         finally:
             self.model.train(was_training)
-
-    def default_batch_size(self, s, length):
-        """Inputs per predictive batch for S draws of inputs of ``length`` steps (see ``predict``)."""
-        patch = getattr(getattr(getattr(self.model, "net", None), "cfg", None), "patch", 1)
-        tokens = -(-length // patch)
-        return max(1, int(PAIRS_PER_BATCH * min(1.0, (PAIRS_TOKENS / tokens) ** 2)) // s)
 
     @torch.no_grad()
     def point_weights(self):
