@@ -2,15 +2,26 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The laplace-torch peer and what it needs, installed without dependencies: laplace-torch and
+# backpack-for-pytorch require torchvision, which would pull a multi-GB CUDA torch over the CPU wheel.
+PEERS := laplace-torch==0.3 curvlinops-for-pytorch==3.0.1 backpack-for-pytorch==1.7.1 asdfghjkl==0.1a4 \
+	einops==0.8.2 unfoldNd==0.2.3 einconv==0.1.0 linear_operator==0.6.1 opt-einsum==3.4.0 \
+	torchmetrics==1.9.0 lightning-utilities==0.15.3 jaxtyping==0.3.11 wadler-lindig==0.1.8
 
-$(BIN)/bzoo: pyproject.toml
+$(BIN)/bzoo: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0   # the CPU wheel; an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/pip install -q -e '.[test]'
+	$(MAKE) peers
 	touch $@
 
 install: $(BIN)/bzoo
+
+# The peers' packages into .venv (part of install; run it alone to add them to an existing .venv).
+peers:
+	$(BIN)/pip install -q --no-deps $(PEERS)
+	$(BIN)/python -c "import laplace, torch, importlib.metadata as m; print('laplace-torch', m.version('laplace-torch'), 'beside torch', torch.__version__)"
 
 study: install
 	$(BIN)/bzoo study --overwrite
@@ -21,4 +32,4 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -m slow
 
-.PHONY: install study test test-slow
+.PHONY: install peers study test test-slow

@@ -114,6 +114,19 @@ def predictive_vectorized_speedup(rounds, draws=32):
     return statistics.median(speedups)
 
 
+def ensemble_batched_speedup(rounds, steps, num_members=5, batch_size=None):
+    """Seconds per step of ``num_members`` ensemble members fitted one after another, over the same members
+    trained as one batched model (``fit(guide="ensemble", batched=True)``; minibatches go through vmap)."""
+    x, y = _data()
+    ratios = []
+    for _ in range(rounds):
+        loop = fit_step_seconds("ensemble", x, y, steps, num_members=num_members, batched=False, batch_size=batch_size)
+        batched = fit_step_seconds("ensemble", x, y, steps, num_members=num_members, batched=True,
+                                   batch_size=batch_size)
+        ratios.append(loop / batched)
+    return statistics.median(ratios)
+
+
 def measure(rounds=5, steps=20, threads=2):
     torch.set_num_threads(threads)
     results = {
@@ -122,13 +135,17 @@ def measure(rounds=5, steps=20, threads=2):
         "dirichlet_step_ratio": step_ratio("dirichlet", rounds, steps, bayes="attention"),
         "dirichlet_sampling_ratio": dirichlet_sampling_ratio(rounds, steps),
         "predictive_vectorized_speedup": predictive_vectorized_speedup(rounds),
+        "ensemble_batched_speedup": ensemble_batched_speedup(rounds, steps),
+        "ensemble_batched_speedup_minibatch": ensemble_batched_speedup(rounds, steps, batch_size=16),
     }
     return results
 
 
 TARGETS = {"map_step_ratio": ("<=", 1.3), "mean_field_step_ratio": ("<=", 2.0),
            "predictive_vectorized_speedup": (">=", 4.0), "dirichlet_step_ratio": ("<=", 1.6)}
-NOTES = {"dirichlet_sampling_ratio": "no target: the Dirichlet rows alone, drawn, KL and backward"}
+NOTES = {"dirichlet_sampling_ratio": "no target: the Dirichlet rows alone, drawn, KL and backward",
+         "ensemble_batched_speedup": "no target: 5 members in a loop over the 5 batched (> 1: batched is faster)",
+         "ensemble_batched_speedup_minibatch": "the same with minibatches of 16, each member its own (vmap)"}
 
 
 def main(argv=None):

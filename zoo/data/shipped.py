@@ -1,11 +1,16 @@
-"""Datasets that ship inside packages: aeon's UCR/UEA sets and scikit-learn's digits.
+"""Datasets that ship inside packages: every classification set in aeon's data folder, and scikit-learn's digits.
 
-Every loader returns a ``Dataset``: train and test ``Split``s of float32 [N, T, C]
+aeon's sets are discovered from its bundled ``.ts`` files (headers only, so listing is
+fast) and loaded from those exact files with their official train/test split, so
+nothing is ever downloaded. Every loader returns a ``Dataset``: train and test ``Split``s of float32 [N, T, C]
 (or int64 tokens [N, T]) inputs, int64 labels 0..K-1, and a boolean mask [N, T]
 when sequences differ in length. Inputs are standardized per channel with
 training-set statistics, recorded in ``preprocessing``.
 """
-from dataclasses import dataclass, field
+import functools
+import importlib.util
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,15 +18,33 @@ import torch
 from inference.checks import DataError
 
 DEFAULT_DATASET = "ItalyPowerDemand"
-AEON = {
-    "ItalyPowerDemand": "daily Italian power demand, 2 classes, length 24",
-    "GunPoint": "hand motion, 2 classes, length 150",
-    "ArrowHead": "arrowhead outlines, 3 classes, length 251",
-    "OSULeaf": "leaf outlines, 6 classes, length 427",
-    "BasicMotions": "accelerometer, 4 classes, 6 channels, length 100",
-    "JapaneseVowels": "speech, 9 classes, 12 channels, variable length 7-29",
+DIGITS = "digits"
+SKIPPED = {  # what aeon's data folder holds besides classification problems, and why each is left out
+    "regression": "a regression problem (header @targetLabel true), not classification",
+    "equal-length copy": "an '_eq' (or '_nmv') copy of a set listed under its own name, made equal length by "
+                         "truncation (or imputed); the zoo takes the original with padding masks",
+    "test fixture": "one of aeon's unit-test fixtures (UnitTest*), not a real problem",
+    "missing values": "holds missing values (header @missing true), which the zoo's models do not take",
 }
-OTHER = {"digits": "scikit-learn 8x8 digits read as 8 rows of 8 pixels, 10 classes"}
+
+
+@dataclass(frozen=True)
+class Info:
+    """What a shipped dataset is, read from its files' headers (and line counts): no values parsed."""
+
+    name: str
+    classes: tuple
+    channels: int
+    lengths: tuple  # (shortest, longest) series, in time steps
+    sizes: tuple | None = None  # (train, test) series counts, from ``info(name)``
+    files: tuple = ()  # (train, test) .ts paths; empty for digits
+
+    @property
+    def description(self):
+        k, c = len(self.classes), self.channels
+        lo, hi = self.lengths
+        length = f"length {hi}" if lo == hi else f"variable length {lo}-{hi}"
+        return f"{k} classes, {c} channel{'s' * (c > 1)}, {length}"
 
 
 @dataclass
@@ -57,21 +80,140 @@ class Dataset:
 
 
 def available():
-    return {**AEON, **OTHER}
+    """Every shipped classification dataset, name -> description: aeon's bundled sets, then digits.
+
+    Found in aeon's data folder (``aeon/datasets/data/NAME/NAME_TRAIN.ts`` and ``NAME_TEST.ts``
+    whose header says ``@classLabel true``) from the files' headers alone; ``skipped()``
+    names what that folder holds besides, and why each is left out.
+    """
+    return {**{name: i.description for name, i in _catalog()[0].items()}, DIGITS: _digits_info().description}
+
+
+def skipped():
+    """name -> why a .ts set in aeon's data folder is not offered (see ``SKIPPED``)."""
+    return dict(_catalog()[1])
+
+
+def info(name):
+    """``Info`` of a shipped dataset, with its train and test sizes (line counts; no values parsed)."""
+    name = canonical(name)
+    if name == DIGITS:
+        return _digits_info(sizes=True)
+    i = _catalog()[0][name]
+    return replace(i, sizes=tuple(_count_cases(f) for f in i.files))
+
+
+def canonical(name):
+    """The shipped dataset's own spelling of ``name`` (case-insensitive), or a DataError listing them."""
+    names = {n.lower(): n for n in available()}
+    if str(name).lower() not in names:
+        raise DataError(f"unknown dataset '{name}'; shipped: {', '.join(available())} (or pass --data FILE.npz)")
+    return names[str(name).lower()]
 
 
 def load(name=DEFAULT_DATASET):
-    """A shipped dataset by name (case-insensitive); ``available()`` lists them."""
-    names = {n.lower(): n for n in available()}
-    if name.lower() not in names:
-        raise DataError(f"unknown dataset '{name}'; shipped: {', '.join(available())} (or pass --data FILE.npz)")
-    name = names[name.lower()]
-    if name == "digits":
+    """A shipped dataset by name (case-insensitive) with its official train/test split; ``available()`` lists them."""
+    name = canonical(name)
+    if name == DIGITS:
         return _digits()
-    from aeon.datasets import load_classification
-    xtr, ytr = load_classification(name, split="train")
-    xte, yte = load_classification(name, split="test")
+    from aeon.datasets import load_from_ts_file  # the exact bundled files: nothing is ever downloaded
+
+    (xtr, ytr), (xte, yte) = (load_from_ts_file(str(f)) for f in _catalog()[0][name].files)
     return build(name, _to_ntc(xtr), ytr, _to_ntc(xte), yte)
+
+
+def aeon_data_folder():
+    """aeon's bundled data folder, found without importing aeon (an import takes seconds); None without aeon."""
+    spec = importlib.util.find_spec("aeon")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+
+
+@functools.lru_cache(maxsize=1)
+def _catalog():
+    """({name: Info} of aeon's classification sets, {name: reason} for the other .ts sets in its data folder)."""
+    folder = aeon_data_folder()
+    found, left_out = {}, {}
+    for train in sorted(folder.glob("*/*_TRAIN.ts") if folder and folder.is_dir() else [], key=lambda p: p.name.lower()):
+        name = train.name[: -len("_TRAIN.ts")]
+        test = train.with_name(f"{name}_TEST.ts")
+        base = name.removesuffix("_nmv").removesuffix("_eq")
+        if name.startswith("UnitTest"):
+            left_out[name] = SKIPPED["test fixture"]
+        elif base != name and (train.parent / f"{base}_TRAIN.ts").is_file():
+            left_out[name] = SKIPPED["equal-length copy"]
+        elif test.is_file():
+            head, first = _header(train)
+            if head.get("targetlabel", "false").split()[0].lower() == "true" or \
+                    head.get("classlabel", "false").split()[0].lower() != "true":
+                left_out[name] = SKIPPED["regression"]
+            elif head.get("missing", "false").lower() == "true":
+                left_out[name] = SKIPPED["missing values"]
+            else:
+                found[name] = _aeon_info(name, head, first, (train, test))
+    return found, left_out
+
+
+def _aeon_info(name, head, first, files):
+    """Classes, channels and lengths from the header; lengths from the data lines only where the header lacks them."""
+    classes = tuple(head["classlabel"].split()[1:])
+    channels = int(head["dimensions"]) if "dimensions" in head else max(1, first.count(":"))
+    if head.get("equallength", "true").lower() == "false":
+        lengths = [n for f in files for n in _series_lengths(f)]
+        span = (min(lengths), max(lengths))
+    elif "serieslength" in head:
+        span = (int(head["serieslength"]),) * 2
+    else:
+        span = (_length(first),) * 2
+    return Info(name, classes, channels, span, files=files)
+
+
+def _header(path):
+    """A .ts file's header as {key: value} (keys lower-cased, first occurrence wins) and its first data line."""
+    head = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.lower() == "@data":
+                return head, next((row.strip() for row in f if row.strip()), "")
+            if line.startswith("@"):
+                key, _, value = line[1:].partition(" ")
+                head.setdefault(key.lower(), value.strip())
+    return head, ""
+
+
+def _data_lines(path):
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip().lower() == "@data":
+                break
+        yield from (row for row in f if row.strip())
+
+
+def _length(row):
+    """Time steps of a .ts data line (those of its first channel): values are comma-separated, channels ':'-separated."""
+    return row.split(":", 1)[0].count(",") + 1
+
+
+def _series_lengths(path):
+    return [_length(row) for row in _data_lines(path)]
+
+
+def _count_cases(path):
+    return sum(1 for _ in _data_lines(path))
+
+
+def _digits_info(sizes=False):
+    n = None
+    if sizes:
+        from sklearn.datasets import load_digits
+        n = len(load_digits().target)
+    return Info(DIGITS, tuple(range(10)), 8, (8, 8), None if n is None else (_digits_cut(n), n - _digits_cut(n)))
+
+
+def _digits_cut(n):
+    return int(0.7 * n)
 
 
 def _to_ntc(x):
@@ -87,9 +229,8 @@ def _digits():
     x = d.images.astype(np.float32) / 16.0
     rng = np.random.default_rng(0)
     order = rng.permutation(len(x))
-    cut = int(0.7 * len(x))
-    tr, te = order[:cut], order[cut:]
-    return build("digits", x[tr], d.target[tr], x[te], d.target[te])
+    tr, te = order[:_digits_cut(len(x))], order[_digits_cut(len(x)):]
+    return build(DIGITS, x[tr], d.target[tr], x[te], d.target[te])
 
 
 def _pad(seqs):

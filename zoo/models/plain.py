@@ -29,11 +29,17 @@ class PlainBlock(nn.Module):
 
 
 class PlainTransformer(nn.Module):
+    """``forward(x, mask=None) -> logits [B, K]``: real-valued [B, T, C] series, or token ids [B, T] with ``vocab_size``."""
+
     def __init__(self, input_dim, num_classes, d_model=64, depth=2, heads=4, mlp_ratio=2, max_len=512, dropout=0.0,
-                 patch=1):
+                 patch=1, vocab_size=None):
         super().__init__()
         self.patch = patch
-        self.embed = nn.Linear(input_dim * patch, d_model)
+        if vocab_size is not None:
+            self.embed = nn.Embedding(vocab_size, d_model)
+            nn.init.normal_(self.embed.weight, std=0.02)
+        else:
+            self.embed = nn.Linear(input_dim * patch, d_model)
         self.register_buffer("pos", sinusoidal_positions(-(-max_len // patch), d_model), persistent=False)
         self.blocks = nn.ModuleList(PlainBlock(d_model, heads, mlp_ratio, dropout) for _ in range(depth))
         self.ln_f = nn.LayerNorm(d_model)
@@ -56,9 +62,10 @@ class PlainTransformer(nn.Module):
         return self.head(self.ln_f(h))
 
 
-def train_step(model, optim, x, y):
+def train_step(model, optim, x, y, mask=None):
+    """One Adam step on the mean cross-entropy of a (full or mini) batch; padded steps are masked as in the zoo."""
     optim.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x), y)
+    loss = F.cross_entropy(model(x, mask), y)
     loss.backward()
     optim.step()
     return loss

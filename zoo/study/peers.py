@@ -1,36 +1,225 @@
-"""The peers a researcher would otherwise use, run on the same split: plain PyTorch and MiniRocket."""
+"""The peers a researcher would otherwise use, fitted on the same data as the zoo's rows and scored the same way.
+
+``PEERS[name](dataset, model_options, seed, device, **options) -> Predictor``:
+
+- ``dataset``: a ``zoo.data.Dataset``. A peer trains on ``dataset.train`` only and reads
+  nothing else but its shape (classes, channels or tokens); a study that carves a
+  validation split passes ``dataclasses.replace(dataset, train=part)``.
+- ``model_options``: the zoo model's size (``recipes.MODEL`` with ``max_len``, ``patch``,
+  ``dropout``), so the network peers build the identical architecture; MiniRocket ignores it.
+- ``Predictor.predict(x, mask=None)`` gives class probabilities [S, N, K], float32 on
+  the CPU (S = 1 for point predictors); ``fit_seconds`` is the wall time of the fit and
+  ``info`` says what was fitted.
+
+The peers: ``plain`` (the identical network in plain PyTorch, Adam + cross-entropy with
+the MAP row's steps and lr), ``minirocket`` (aeon's MiniRocket; its ridge classifier
+gives hard 0/1 probabilities) and ``laplace-torch`` (laplace-torch's last-layer KFAC
+Laplace on the zoo's own MAP network, exported as a ``PlainTransformer``, with the prior
+precision chosen by marginal likelihood and probabilities from Monte Carlo draws of
+the GLM predictive).
+"""
 import time
 
+import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from inference.checks import DataError
+
+from .. import recipes
+from ..models.plain import PlainTransformer, train_step
+
+PREDICT_BATCH = 1024  # inputs per forward pass when predicting
+ROCKET_MIN_LENGTH = 9  # MiniRocket's kernels span 9 steps
 
 
-def plain_pytorch(dataset, model_options, seed, steps, lr, device):
-    """The peer: the identical architecture trained with Adam and cross-entropy, no prior."""
-    from ..models.plain import PlainTransformer, train_step
+class Predictor:
+    """A fitted peer: ``predict(x, mask=None) -> probs [S, N, K]`` (float32, CPU), with ``fit_seconds`` and ``info``."""
 
+    def __init__(self, predict, fit_seconds, info):
+        self._predict, self.fit_seconds, self.info = predict, float(fit_seconds), dict(info)
+
+    @torch.no_grad()
+    def predict(self, x, mask=None):
+        return self._predict(x, mask).detach().float().cpu()
+
+
+def network_options(dataset, model_options):
+    """``PlainTransformer`` keyword arguments for ``dataset``: its input (channels or vocabulary) and the model size."""
+    if dataset.tokens:
+        vocab = int(max(dataset.train.x.max(), dataset.test.x.max())) + 1
+        return {"input_dim": None, "vocab_size": vocab, **model_options}
+    return {"input_dim": dataset.input_dim, **model_options}
+
+
+def in_batches(fn, x, mask, device):
+    """``fn(x, mask)`` over chunks of ``PREDICT_BATCH`` inputs moved to ``device``, concatenated on dim -2 on the CPU."""
+    out = []
+    for i in range(0, x.shape[0], PREDICT_BATCH):
+        m = None if mask is None else mask[i:i + PREDICT_BATCH].to(device)
+        out.append(fn(x[i:i + PREDICT_BATCH].to(device), m).cpu())
+    return torch.cat(out, dim=-2)
+
+
+def fit_plain(dataset, model_options, seed, device="cpu", steps=None, lr=None, batch_size=None):
+    """The identical network as an ordinary nn.Module, trained with Adam on cross-entropy, masks as in the zoo.
+
+    ``steps`` and ``lr`` default to the MAP row's (``recipes.FIT["map"]``); no prior, a
+    constant learning rate, full batch unless ``batch_size`` is given (then the same
+    seeded minibatches as ``inference.fit``).
+    """
+    from inference.fit import minibatches
+
+    options = recipes.fit_options("map", steps=steps, lr=lr)
     torch.manual_seed(seed)
-    net = PlainTransformer(dataset.input_dim, dataset.num_classes, **model_options).to(device)
-    optim = torch.optim.Adam(net.parameters(), lr=lr)
+    net = PlainTransformer(num_classes=dataset.num_classes, **network_options(dataset, model_options)).to(device)
+    optim = torch.optim.Adam(net.parameters(), lr=options["lr"])
     x, y = dataset.train.x.to(device), dataset.train.y.to(device)
+    mask = None if dataset.train.mask is None else dataset.train.mask.to(device)
+    generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
-    for _ in range(steps):
-        train_step(net, optim, x, y)
+    net.train()
+    for idx in minibatches(len(y), batch_size, options["steps"], generator):
+        if idx is None:
+            train_step(net, optim, x, y, mask)
+        else:
+            train_step(net, optim, x[idx], y[idx], None if mask is None else mask[idx])
     seconds = time.perf_counter() - started
     net.eval()
-    with torch.no_grad():
-        probs = net(dataset.test.x.to(device), None if dataset.test.mask is None else dataset.test.mask.to(device))
-    return probs.softmax(-1)[None].cpu(), seconds
+    info = {"trainable_parameters": sum(p.numel() for p in net.parameters()), **options}
+    return Predictor(lambda x, mask: in_batches(lambda a, m: net(a, m).softmax(-1), x, mask, device)[None],
+                     seconds, info)
+
+
+def rocket_inputs(x, mask, length):
+    """[N, T, C] (masked) -> float64 [N, C, length] for MiniRocket, which takes equal-length series of >= 9 steps.
+
+    Series that are shorter than ``length`` (variable-length data, or every series of a
+    dataset shorter than 9 steps) have their real steps linearly resampled to ``length``.
+    """
+    x = x.double().transpose(1, 2)  # [N, C, T]
+    lengths = [x.shape[-1]] * len(x) if mask is None else mask.sum(1).tolist()
+    if all(n == length for n in lengths):
+        return x[..., :length].numpy()
+    out = torch.stack([F.interpolate(x[i:i + 1, :, :n], size=length, mode="linear", align_corners=True)[0]
+                       if n > 1 else x[i, :, :1].expand(-1, length) for i, n in enumerate(lengths)])
+    return out.numpy()
+
+
+def fit_minirocket(dataset, model_options=None, seed=0, device="cpu", n_kernels=10000):
+    """aeon's MiniRocket (``n_kernels`` kernels, ridge classifier) on every dataset.
+
+    MiniRocket takes equal-length series of at least 9 steps: variable-length series
+    (and series shorter than 9 steps, like digits' 8 rows) are linearly resampled over
+    their real steps to max(9, T). Its ridge classifier gives hard 0/1 probabilities, so
+    its NLL and calibration are those of a classifier that is always certain.
+    """
+    from aeon.classification.convolution_based import MiniRocketClassifier
+
+    if dataset.tokens:
+        raise DataError(f"MiniRocket takes real-valued series; '{dataset.name}' holds token ids")
+    length = max(ROCKET_MIN_LENGTH, dataset.max_len)
+    clf = MiniRocketClassifier(n_kernels=n_kernels, random_state=seed)
+    started = time.perf_counter()
+    clf.fit(rocket_inputs(dataset.train.x, dataset.train.mask, length), dataset.train.y.numpy())
+    seconds = time.perf_counter() - started
+
+    def predict(x, mask):
+        proba = clf.predict_proba(rocket_inputs(x.cpu(), None if mask is None else mask.cpu(), length))
+        full = np.zeros((len(proba), dataset.num_classes))
+        full[:, clf.classes_.astype(int)] = proba  # classes absent from training get probability 0
+        return torch.as_tensor(full, dtype=torch.float32)[None]
+
+    return Predictor(predict, seconds, {"n_kernels": n_kernels, "length": length, "hard_probabilities": True,
+                                        "resampled": length != dataset.max_len or dataset.train.mask is not None})
+
+
+def export_map(model, posterior):
+    """The zoo's fitted MAP network as a plain ``PlainTransformer`` (every parameter at its MAP value), in eval mode."""
+    from inference.baselines import network_values
+
+    cfg = model.net.cfg
+    net = PlainTransformer(cfg.input_dim, cfg.num_classes, d_model=cfg.d_model, depth=cfg.depth, heads=cfg.heads,
+                           mlp_ratio=cfg.mlp_ratio, max_len=cfg.max_len, dropout=cfg.dropout, patch=cfg.patch,
+                           vocab_size=cfg.vocab_size)
+    net.load_state_dict(network_values(model, posterior))
+    return net.to(next(model.net.parameters()).device).eval()
+
+
+class PackedMask(nn.Module):
+    """``net`` fed one tensor with the padding mask packed in as a last channel (laplace-torch passes one tensor)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    @staticmethod
+    def pack(x, mask):
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask
+        if x.is_floating_point():
+            return torch.cat([x, mask[..., None].to(x.dtype)], -1)
+        return torch.stack([x, mask.to(x.dtype)], -1)
+
+    def forward(self, packed):
+        x = packed[..., :-1] if packed.is_floating_point() else packed[..., 0]
+        return self.net(x, packed[..., -1] > 0)
+
+
+def fit_laplace(dataset, model_options, seed, device="cpu", steps=None, lr=None, batch_size=None,
+                num_samples=recipes.NUM_SAMPLES):
+    """laplace-torch's last-layer Laplace (KFAC, prior precision by marginal likelihood) on the zoo's MAP network.
+
+    The MAP network is ``inference.fit(model, train, guide="map")`` with the MAP row's
+    options (same model, prior and seed as the study's MAP row), exported as a
+    ``PlainTransformer``. Probabilities are ``num_samples`` Monte Carlo draws of the GLM
+    (linearized) predictive, softmax(f), f ~ N(f_MAP, J Sigma J^T), so they are scored
+    like the zoo's own draws.
+    """
+    from laplace import Laplace
+
+    from inference import fit
+
+    from ..models import TransformerClassifier
+
+    options = recipes.fit_options("map", steps=steps, lr=lr, batch_size=batch_size)
+    torch.manual_seed(seed)
+    net_options = network_options(dataset, model_options)
+    model = TransformerClassifier(dataset.num_classes, **net_options, bayes="weights", prior=recipes.PRIOR)
+    started = time.perf_counter()
+    posterior = fit(model, dataset.train, guide="map", seed=seed, device=device, progress=False, **options)
+    map_seconds = time.perf_counter() - started
+    packed = PackedMask(export_map(model, posterior))
+    train = torch.utils.data.TensorDataset(PackedMask.pack(dataset.train.x, dataset.train.mask), dataset.train.y)
+    loader = torch.utils.data.DataLoader(train, batch_size=PREDICT_BATCH)
+    started = time.perf_counter()
+    la = Laplace(packed, "classification", subset_of_weights="last_layer", hessian_structure="kron")
+    la.fit(loader)
+    la.optimize_prior_precision(pred_type="glm", method="marglik")
+    laplace_seconds = time.perf_counter() - started
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def predict(x, mask):
+        def draws(a, m):
+            return la.predictive_samples(PackedMask.pack(a, m), pred_type="glm", n_samples=num_samples,
+                                         generator=generator)
+        return in_batches(draws, x, mask, device)
+
+    info = {"map_seconds": map_seconds, "laplace_seconds": laplace_seconds, "num_samples": num_samples,
+            "prior_precision": float(la.prior_precision.mean()), "last_layer_parameters": int(la.n_params),
+            "hessian": "kron", "predictive": "glm, Monte Carlo", **options}
+    return Predictor(predict, map_seconds + laplace_seconds, info)
+
+
+PEERS = {"plain": fit_plain, "minirocket": fit_minirocket, "laplace-torch": fit_laplace}
+
+
+# The calls of today's zoo/study/run.py, which the study engine (issue 18) replaces with PEERS: remove with it.
+def plain_pytorch(dataset, model_options, seed, steps, lr, device):
+    peer = fit_plain(dataset, model_options, seed, device, steps=steps, lr=lr)
+    return peer.predict(dataset.test.x, dataset.test.mask), peer.fit_seconds
 
 
 def minirocket(dataset, seed):
-    """aeon's MiniRocket accuracy on the same split (the accuracy peer for UCR data)."""
-    from aeon.classification.convolution_based import MiniRocketClassifier
-
-    if dataset.tokens or dataset.train.mask is not None:
-        return None
-    clf = MiniRocketClassifier(random_state=seed)
-    started = time.perf_counter()
-    clf.fit(dataset.train.x.numpy().transpose(0, 2, 1).astype("float64"), dataset.train.y.numpy())
-    seconds = time.perf_counter() - started
-    proba = clf.predict_proba(dataset.test.x.numpy().transpose(0, 2, 1).astype("float64"))
-    return torch.as_tensor(proba, dtype=torch.float32)[None], seconds
+    peer = fit_minirocket(dataset, seed=seed)
+    return peer.predict(dataset.test.x, dataset.test.mask), peer.fit_seconds
