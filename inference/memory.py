@@ -37,13 +37,25 @@ def parse_size(text):
 
 
 def available(device=None):
-    """Bytes free for new tensors on ``device`` (CUDA: free device memory; else available system memory)."""
+    """Bytes free for new tensors on ``device``: CUDA, the device's free memory; else the system's available
+    memory, or what is left under this process's address-space limit (``ulimit -v``) when that is smaller."""
     device = torch.device(device or "cpu")
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     import psutil
 
-    return psutil.virtual_memory().available
+    free = psutil.virtual_memory().available
+    limit = _address_space_limit()
+    return free if limit is None else max(0, min(free, limit - psutil.Process().memory_info().vms))
+
+
+def _address_space_limit():
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def budget(device=None):

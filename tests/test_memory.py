@@ -96,3 +96,11 @@ def test_dirichlet_prediction_on_long_series_stays_within_its_budget():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["shape"] == [10, 30, 2]
     assert result["peak"] <= 128 << 20
+
+
+def test_the_default_budget_respects_the_address_space_limit():
+    code = ("import resource; from inference import memory; "
+            "resource.setrlimit(resource.RLIMIT_AS, (6 << 30, resource.RLIM_INFINITY)); "
+            "print(memory.available() <= 6 << 30, memory.budget() <= 3 << 30)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]

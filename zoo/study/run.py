@@ -52,7 +52,7 @@ def run_study(dataset, out, rows=None, seed=0, device="cpu", num_samples=recipes
     for row in tqdm([*rows, *([reference] if reference else [])], desc="study"):
         posteriors[row["label"]], seconds[row["label"]] = fit_row(row, dataset, model_options, seed, device,
                                                                    steps_scale)
-    comparison = compare(posteriors, train=dataset.train, test=test, ood=None if ood is None else (ood,),
+    comparison = compare(posteriors, train=dataset.train, test=test, ood=ood,
                          num_samples=num_samples, seed=seed)
     table = {label: {**m, "fit_seconds": seconds[label]} for label, m in comparison.metrics.items()}
     if reference:
