@@ -12,7 +12,12 @@ A checkpoint holds what an SVI loop needs to carry on bit-identically: model,
 guide, optimizer and schedule states, every random number generator, the step
 and the losses so far, plus a fingerprint of the fit's options so that a
 checkpoint is never resumed by a different fit.
+
+Every file carries a SHA-256 checksum of its contents (tensors byte for byte, plain
+values by type and value), verified on load: a file with flipped or lost bytes is
+refused with one line instead of loading wrong numbers.
 """
+import hashlib
 import importlib
 import os
 import random
@@ -24,7 +29,7 @@ import pyro
 import torch
 
 FORMAT = "bayesformer-zoo"
-FORMAT_VERSION = 1  # bump when the layout below changes; files of another version are refused
+FORMAT_VERSION = 2  # bump when the layout below changes; files of another version are refused (2: checksums)
 
 
 class PosteriorFileError(ValueError):
@@ -40,44 +45,85 @@ def _major(version):
     return str(version).split(".")[0]
 
 
+def checksum(obj):
+    """SHA-256 of a structure of tensors and plain values: tensors byte for byte, the rest by type and value."""
+    h = hashlib.sha256()
+
+    def feed(o):
+        if torch.is_tensor(o):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)}".encode())
+            for k in sorted(o, key=repr):
+                feed(k)
+                feed(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(f"{type(o).__name__}{len(o)}".encode())
+            for v in o:
+                feed(v)
+        else:
+            h.update(f"{type(o).__name__}:{o!r};".encode())
+    feed({k: v for k, v in obj.items() if k != "checksum"})
+    return h.hexdigest()
+
+
+def sign(obj):
+    """``obj`` with its ``checksum`` (what ``_write`` stores and ``_read`` verifies)."""
+    return {**obj, "checksum": checksum(obj)}
+
+
 def _write(obj, path):
-    """torch.save to a temporary file, then rename: a crash never leaves a truncated file."""
+    """torch.save (with a checksum) to a temporary file, then rename: a crash never leaves a truncated file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise PosteriorFileError(f"cannot write '{path}': it is a folder; give a file name such as {path / 'posterior.pt'}")
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(sign(obj), tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        raise PosteriorFileError(f"cannot write '{path}': {e.strerror or e}") from None
 
 
 def _read(path, kind, map_location=None):
     """torch.load(weights_only=True) with one-line errors, then the format and version checks."""
     path = Path(path)
     if not path.is_file():
-        raise PosteriorFileError(f"{kind} file '{path}' does not exist")
+        raise PosteriorFileError(f"{kind} file '{path}' does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickled code, truncation, not a torch file: all refused the same way
-        reason = _load_failure(e)
-        raise PosteriorFileError(f"{kind} file '{path}' cannot be read safely (only tensors and plain "
-                                 f"types are loaded, never code): {reason}") from None
+    except Exception as e:  # noqa: BLE001 - pickled code, truncation, not a torch file: all refused
+        unsafe, reason = _load_failure(e)
+        if unsafe:
+            raise PosteriorFileError(f"{kind} file '{path}' cannot be read safely (only tensors and plain "
+                                     f"types are loaded, never code): {reason}") from None
+        raise PosteriorFileError(f"{kind} file '{path}' is damaged or not a {FORMAT} file: {reason}") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("kind") != kind:
         raise PosteriorFileError(f"'{path}' is not a {FORMAT} {kind} file")
     if obj.get("format_version") != FORMAT_VERSION or _major(obj.get("zoo_version")) != _major(_library_version()):
         raise PosteriorFileError(
             f"{kind} file '{path}' has format {obj.get('format_version')} from zoo {obj.get('zoo_version')}; "
             f"this is zoo {_library_version()} reading format {FORMAT_VERSION} (refit, or load it with that version)")
+    if obj.get("checksum") != checksum(obj):
+        raise PosteriorFileError(f"{kind} file '{path}' is damaged: its contents do not match the checksum written "
+                                 f"with it (changed or lost bytes); restore it from a copy or refit")
     return obj
 
 
 def _load_failure(error):
-    """One line from torch.load's long message: the forbidden object if there was one."""
+    """(unsafe, one line) from torch.load's long message: the forbidden object if there was one."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()] or [type(error).__name__]
     forbidden = [ln for ln in lines if "global" in ln.lower()]
     if forbidden:
-        return forbidden[0]
+        return True, forbidden[0]
     if lines[0].startswith("Weights only load failed"):
-        return "it is not a file of tensors and plain types"
-    return lines[0].split(". ")[0]
+        return True, "it is not a file of tensors and plain types"
+    return False, lines[0].split(". ")[0]
 
 
 def plain(obj, key="info"):
@@ -195,20 +241,22 @@ def load(path, map_location=None):
     """The Posterior saved at ``path``, on ``map_location`` (default: CPU). Never runs code from the file."""
     import priors
 
+    from .checks import check_device
     from .guides import GUIDES
     from .posterior import Posterior
 
+    device = check_device(map_location if map_location is not None else "cpu", PosteriorFileError, "map_location")
     obj = _read(path, "posterior", map_location="cpu")
     cls = _model_class(obj["model_class"], path)
     config = dict(obj["config"])
-    try:
-        if "prior" in config and isinstance(config["prior"], (str, dict)):
-            config["prior"] = priors.parse(config["prior"])
+    try:  # files a prior reads (an empirical prior's weights) are found beside the posterior file
+        for key in ("prior", "attention_prior"):
+            if key in config and isinstance(config[key], (str, dict)):
+                config[key] = priors.parse(config[key], base=Path(path).parent)
         model = cls(**config)
     except (TypeError, ValueError) as e:
         raise PosteriorFileError(f"'{path}': cannot rebuild the {cls.__name__} it describes: "
                                  f"{str(e).splitlines()[0]}") from None
-    device = torch.device(map_location) if map_location is not None else torch.device("cpu")
     model.to(device)
     x_proto, mask_proto = obj["x_proto"], obj["mask_proto"]
     x_proto = None if x_proto is None else x_proto.to(device)
@@ -271,9 +319,9 @@ class Checkpoint:
         self.path, self.every, self.fingerprint = Path(path), every, plain(fingerprint)
 
     def resume(self, model, guide, optim, schedule):
-        """Restore the saved state into these objects; returns (steps done, losses). (0, []) if no file."""
+        """Restore the saved state into these objects; returns (steps done, losses, seconds spent so far)."""
         if not self.path.exists():
-            return 0, []
+            return 0, [], 0.0
         obj = _read(self.path, "checkpoint")
         for key, value in self.fingerprint.items():
             if obj["fingerprint"].get(key) != value:
@@ -285,15 +333,16 @@ class Checkpoint:
         optim.load_state_dict(obj["optim"])
         schedule.load_state_dict(obj["schedule"])
         set_rng_state(obj["rng"])
-        return obj["step"], obj["losses"].tolist()
+        return obj["step"], obj["losses"].tolist(), float(obj.get("seconds", 0.0))
 
     def due(self, done, total):
         return done % self.every == 0 or done == total
 
-    def save(self, done, model, guide, optim, schedule, losses):
-        """Write the state after ``done`` steps (atomically: a kill mid-write keeps the previous one)."""
+    def save(self, done, model, guide, optim, schedule, losses, seconds=0.0):
+        """Write the state after ``done`` steps and ``seconds`` of fitting (atomically: a kill mid-write keeps
+        the previous one)."""
         _write({"format": FORMAT, "kind": "checkpoint", "format_version": FORMAT_VERSION,
                 "zoo_version": _library_version(), "fingerprint": self.fingerprint, "step": done,
                 "model": model.state_dict(), "guide": guide.state_dict(), "optim": optim.state_dict(),
                 "schedule": schedule.state_dict(), "rng": rng_state(),
-                "losses": torch.tensor(losses, dtype=torch.float64)}, self.path)
+                "losses": torch.tensor(losses, dtype=torch.float64), "seconds": float(seconds)}, self.path)
