@@ -97,9 +97,9 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
     fit ends bit-identical to an uninterrupted one (same machine). A NonFiniteError
     carries ``.posterior``, the fit as it stood after the last good step.
     """
-    check_fit(guide, steps=steps, lr=lr, batch_size=batch_size, num_particles=num_particles, kl_anneal=kl_anneal,
-              temperature=temperature, clip_norm=clip_norm, checkpoint_every=checkpoint_every, seed=seed,
-              progress=progress)
+    check_fit(guide, seed=seed, checkpoint=checkpoint, steps=steps, lr=lr, batch_size=batch_size,
+              num_particles=num_particles, kl_anneal=kl_anneal, temperature=temperature, clip_norm=clip_norm,
+              checkpoint_every=checkpoint_every, progress=progress)
     if device is not None:
         model.to(check_device(device, FitError))
     x, y, mask = unpack(data, model_device(model), model_dtype(model), source="fit data")
@@ -108,8 +108,6 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
                source="fit data")
     if hasattr(getattr(model, "net", None), "check_input"):
         model.net.check_input(x)  # here, not inside a Pyro trace, which would append its shape table
-    if checkpoint is not None and not (isinstance(guide, str) and guide in GUIDES):
-        raise FitError(f"checkpoint is available for the SVI guides ({', '.join(GUIDES)}), not for '{guide}'")
     pyro.set_rng_seed(seed)
     if isinstance(guide, str) and guide in METHODS:
         fitter = METHODS[guide]
@@ -170,7 +168,7 @@ def check_options(spell=str, **options):
     check(options, OPTIONS, FitError, spell)
 
 
-def check_fit(guide, spell=str, seed=0, **options):
+def check_fit(guide, spell=str, seed=0, checkpoint=None, **options):
     """Every fit option valid, and none that would have no effect with ``guide`` (the reason named).
 
     ``fit`` calls this first; the command line calls it on its flags (``spell`` names them)
@@ -180,6 +178,9 @@ def check_fit(guide, spell=str, seed=0, **options):
     check_seed(seed, FitError, spell)
     if not callable(guide) and not (isinstance(guide, str) and guide in [*GUIDES, *METHODS]):
         raise FitError(f"unknown guide '{guide}'; valid: {', '.join(method_names())}")
+    if checkpoint is not None and not (isinstance(guide, str) and guide in GUIDES):
+        raise FitError(f"checkpoints (checkpoint, --checkpoint-every) are for the SVI guides ({', '.join(GUIDES)}), "
+                       f"not for '{guide}'")
     if isinstance(guide, str) and guide in METHODS:
         accepted = inspect.signature(METHODS[guide]).parameters
         for name, idle in SVI_ONLY.items():
@@ -204,7 +205,7 @@ def build_guide(guide, model, x, y, mask, options):
         unknown = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         raise FitError(f"guide '{guide}' has no option '{unknown.group(1)}'" if unknown
                        else f"guide '{guide}': {str(e).splitlines()[0]}") from None
-    if guide != "map" and not latent_sites(built, *proto):
+    if guide != "map" and getattr(built, "local", None) is None and not latent_sites(built, *proto):
         bayes = getattr(model, "bayes", None)
         raise FitError(f"guide '{guide}' has nothing to fit: the model has no latent sites"
                        + (f" (bayes={bayes!r})" if bayes is not None else "")
