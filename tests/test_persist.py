@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from inference import Posterior, fit
-from inference.persist import FORMAT_VERSION, PosteriorFileError
+from inference.persist import FORMAT_VERSION, PosteriorFileError, sign
 from zoo import TransformerClassifier
 from zoo.runs import RunFolder
 
@@ -94,9 +94,10 @@ def test_a_pickled_object_is_refused_and_never_runs(tmp_path):
 
 
 def rewrite(src, dst, **changes):
+    """A file as another writer (version, class, method) would have written it: changed, then signed."""
     obj = torch.load(src, weights_only=True)
     obj.update(changes)
-    torch.save(obj, dst)
+    torch.save(sign(obj), dst)
     return dst
 
 
