@@ -13,12 +13,13 @@ guide, optimizer and schedule states, every random number generator, the step
 and the losses so far, plus a fingerprint of the fit's options so that a
 checkpoint is never resumed by a different fit.
 
-Every file carries a SHA-256 checksum of its contents (tensors byte for byte, plain
-values by type and value), verified on load: a file with flipped or lost bytes is
-refused with one line instead of loading wrong numbers.
+Every file ends with a SHA-256 of its bytes (``torch.load`` ignores the trailer), checked
+before anything is unpickled: a file with a flipped, lost or added byte is refused with
+one line instead of loading wrong numbers.
 """
 import hashlib
 import importlib
+import io
 import os
 import random
 import warnings
@@ -29,7 +30,7 @@ import pyro
 import torch
 
 FORMAT = "bayesformer-zoo"
-FORMAT_VERSION = 2  # bump when the layout below changes; files of another version are refused (2: checksums)
+FORMAT_VERSION = 2  # bump when the layout below changes; files of another version are refused (2: checksum trailer)
 
 
 class PosteriorFileError(ValueError):
@@ -45,44 +46,22 @@ def _major(version):
     return str(version).split(".")[0]
 
 
-def checksum(obj):
-    """SHA-256 of a structure of tensors and plain values: tensors byte for byte, the rest by type and value."""
-    h = hashlib.sha256()
-
-    def feed(o):
-        if torch.is_tensor(o):
-            t = o.detach().cpu().contiguous()
-            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        elif isinstance(o, dict):
-            h.update(f"D{len(o)}".encode())
-            for k in sorted(o, key=repr):
-                feed(k)
-                feed(o[k])
-        elif isinstance(o, (list, tuple)):
-            h.update(f"{type(o).__name__}{len(o)}".encode())
-            for v in o:
-                feed(v)
-        else:
-            h.update(f"{type(o).__name__}:{o!r};".encode())
-    feed({k: v for k, v in obj.items() if k != "checksum"})
-    return h.hexdigest()
+TRAILER = b"\nbayesformer-zoo sha256 "  # then 64 hex digits and a newline: the last bytes of every file
 
 
-def sign(obj):
-    """``obj`` with its ``checksum`` (what ``_write`` stores and ``_read`` verifies)."""
-    return {**obj, "checksum": checksum(obj)}
-
-
-def _write(obj, path):
-    """torch.save (with a checksum) to a temporary file, then rename: a crash never leaves a truncated file."""
+def write(obj, path):
+    """torch.save ``obj`` to ``path`` with a SHA-256 of the bytes appended, via a temporary file and a rename:
+    a crash never leaves a truncated file, and any changed byte is found on load (``read_bytes``)."""
     path = Path(path)
     if path.is_dir():
         raise PosteriorFileError(f"cannot write '{path}': it is a folder; give a file name such as {path / 'posterior.pt'}")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(sign(obj), tmp)
+        tmp.write_bytes(data + TRAILER + hashlib.sha256(data).hexdigest().encode() + b"\n")
         os.replace(tmp, path)
     except OSError as e:
         if tmp.parent.is_dir():
@@ -90,13 +69,28 @@ def _write(obj, path):
         raise PosteriorFileError(f"cannot write '{path}': {e.strerror or e}") from None
 
 
+def read_bytes(path, kind):
+    """The torch payload of a file ``write`` wrote, after checking its SHA-256; one line naming the file if not."""
+    data = Path(path).read_bytes()
+    size = len(TRAILER) + 64 + 1
+    payload, trailer = data[:-size], data[-size:]
+    if len(data) < size or not trailer.startswith(TRAILER):
+        raise PosteriorFileError(f"{kind} file '{path}' has no checksum: it is damaged at its end, or not written "
+                                 f"by this version of the zoo (refit, or save it again with Posterior.save)")
+    if trailer != TRAILER + hashlib.sha256(payload).hexdigest().encode() + b"\n":
+        raise PosteriorFileError(f"{kind} file '{path}' is damaged: its bytes do not match the checksum written "
+                                 f"with it; restore it from a copy or refit")
+    return payload
+
+
 def _read(path, kind, map_location=None):
     """torch.load(weights_only=True) with one-line errors, then the format and version checks."""
     path = Path(path)
     if not path.is_file():
         raise PosteriorFileError(f"{kind} file '{path}' does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    payload = read_bytes(path, kind)
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickled code, truncation, not a torch file: all refused
         unsafe, reason = _load_failure(e)
         if unsafe:
@@ -109,9 +103,6 @@ def _read(path, kind, map_location=None):
         raise PosteriorFileError(
             f"{kind} file '{path}' has format {obj.get('format_version')} from zoo {obj.get('zoo_version')}; "
             f"this is zoo {_library_version()} reading format {FORMAT_VERSION} (refit, or load it with that version)")
-    if obj.get("checksum") != checksum(obj):
-        raise PosteriorFileError(f"{kind} file '{path}' is damaged: its contents do not match the checksum written "
-                                 f"with it (changed or lost bytes); restore it from a copy or refit")
     return obj
 
 
@@ -217,7 +208,7 @@ def save(posterior, path, preprocessing=None, extra=None, num_samples=200):
         "preprocessing": plain(preprocessing),
         "extra": plain(extra),
     }
-    _write(obj, path)
+    write(obj, path)
     return Path(path)
 
 
@@ -341,7 +332,7 @@ class Checkpoint:
     def save(self, done, model, guide, optim, schedule, losses, seconds=0.0):
         """Write the state after ``done`` steps and ``seconds`` of fitting (atomically: a kill mid-write keeps
         the previous one)."""
-        _write({"format": FORMAT, "kind": "checkpoint", "format_version": FORMAT_VERSION,
+        write({"format": FORMAT, "kind": "checkpoint", "format_version": FORMAT_VERSION,
                 "zoo_version": _library_version(), "fingerprint": self.fingerprint, "step": done,
                 "model": model.state_dict(), "guide": guide.state_dict(), "optim": optim.state_dict(),
                 "schedule": schedule.state_dict(), "rng": rng_state(),

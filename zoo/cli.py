@@ -36,7 +36,6 @@ class Parser(argparse.ArgumentParser):
 
 
 HELP_VALUES = {  # placeholders in help texts, filled from the library only when help is printed
-    "{dataset}": lambda: importlib.import_module("zoo.data").DEFAULT_DATASET,
     "{where}": lambda: ", ".join(importlib.import_module("zoo.models.classifier").WHERE),
     "{max_tokens}": lambda: str(importlib.import_module("zoo.models").MAX_TOKENS),
     "{guides}": lambda: ", ".join(importlib.import_module("inference").method_names()),

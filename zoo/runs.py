@@ -174,10 +174,11 @@ class RunFolder:
         if self.target.exists() and not self.target.is_dir():
             raise RunFolderError(f"output folder '{self.target}' exists and is not a folder")
         self.written, self.kept, self.done = [], set(), False
-        self.created = False
+        missing = [p for p in (self.target, *self.target.parents) if not p.exists()]
+        self.created = None  # the topmost folder this run created, removed again if the run fails
         try:
             self.target.mkdir(parents=True)
-            self.created = True
+            self.created = missing[-1] if missing else self.target
         except FileExistsError:
             pass
         except OSError as e:
@@ -279,8 +280,12 @@ class RunFolder:
         self.done = True
 
     def _remove_created(self):
-        if self.created and self.target.is_dir() and not any(self.target.iterdir()):
-            self.target.rmdir()
+        folder = self.target
+        while self.created is not None and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            if folder == self.created:
+                break
+            folder = folder.parent
 
     def __enter__(self):
         return self

@@ -15,7 +15,7 @@ def flag(name):
 
 def add_data_arguments(parser):
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--dataset", help="a shipped dataset (see `bzoo datasets`; default {dataset})")
+    group.add_argument("--dataset", default=recipes.DATASET, help="a shipped dataset (see `bzoo datasets`)")
     group.add_argument("--data", metavar="FILE", help="your own .npz (X [N,T,C] or [N,T], y [N]) or .csv "
                                                       "(default: none, use --dataset)")
 
@@ -47,7 +47,7 @@ def add_run_arguments(parser):
 
 def check_run_arguments(args, model=True):
     """The flags every model-building command has, checked before anything is read or written; the device."""
-    from inference.checks import check, check_device, check_seed
+    from inference.checks import check, check_seed
     from zoo.cli import UserError
     from zoo.models import ModelError
     from zoo.models.transformer import SIZES
@@ -60,13 +60,11 @@ def check_run_arguments(args, model=True):
     if model:
         sizes = {k: getattr(args, k) for k in (*recipes.MODEL, "dropout", "patch") if getattr(args, k) is not None}
         check(sizes, SIZES, ModelError, flag)
-    return check_device(args.device, UserError, "--device")
+    return check_device(args.device)
 
 
 def dataset_name(args):
-    from zoo import data
-
-    return "data" if args.data else (args.dataset or data.DEFAULT_DATASET)
+    return "data" if args.data else args.dataset
 
 
 def load_data(args):
@@ -74,7 +72,15 @@ def load_data(args):
 
     if getattr(args, "data", None):
         return data.load_file(args.data)
-    return data.load(args.dataset or data.DEFAULT_DATASET)
+    return data.load(args.dataset)
+
+
+def check_device(name):
+    """``--device NAME`` as a torch.device, refused in one line if this machine lacks it."""
+    from inference.checks import check_device as check
+    from zoo.cli import UserError
+
+    return check(name, UserError, "--device")
 
 
 def seed_everything(seed):
