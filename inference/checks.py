@@ -228,6 +228,13 @@ def check_prediction(x, mask=None, batch_size=None, dtype=None, source="predict"
     return x, mask
 
 
+def check_output(num_draws, num_inputs, num_classes, device=None, source="predict"):
+    """Refuse a prediction whose probabilities [S, N, K] (and their concatenation) would not fit in memory."""
+    check_memory(2 * 4 * num_draws * num_inputs * num_classes,
+                 f"{source}: the probabilities [S={num_draws}, N={num_inputs}, K={num_classes}]", device,
+                 hint="ask for fewer draws, or predict fewer inputs at a time")
+
+
 def check_predictions(probs, y, source="evaluate"):
     """Per-draw class probabilities [S, N, K] (or [N, K]) and labels [N] that ``evaluate`` can score."""
     if not torch.is_tensor(probs) or probs.dim() not in (2, 3) or not probs.is_floating_point():

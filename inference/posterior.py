@@ -5,7 +5,7 @@ import pyro
 import torch
 from pyro import poutine
 
-from .checks import check_draws, check_prediction
+from .checks import check_draws, check_output, check_prediction
 from .memory import plan
 from .sites import is_global, is_sampled, with_local_sites
 
@@ -86,6 +86,9 @@ class Posterior:
         try:
             s = next(iter(draws.values())).shape[0] if draws else self.num_draws(num_samples)
             x, mask = check_prediction(x, mask, batch_size, self.model_dtype())
+            classes = getattr(getattr(getattr(self.model, "net", None), "cfg", None), "num_classes", None)
+            if classes is not None:
+                check_output(s, x.shape[0], classes, self.device)
             x = x.to(self.device)
             if hasattr(getattr(self.model, "net", None), "check_input"):
                 self.model.net.check_input(x)  # a one-line error before any Pyro trace
