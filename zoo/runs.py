@@ -194,9 +194,13 @@ class RunFolder:
             self.root = self.target
             if found:  # overwrite: a fresh folder beside it, swapped in when the run completes
                 self.root = self.target.parent / f".{self.target.name}.bzoo-new"
-                if self.root.exists():
-                    shutil.rmtree(self.root)  # left by a run that died: we hold the lock, nobody else uses it
-                self.root.mkdir()
+                try:
+                    if self.root.exists():
+                        shutil.rmtree(self.root)  # left by a run that died: we hold the lock, nobody else uses it
+                    self.root.mkdir()
+                except OSError as e:
+                    raise RunFolderError(f"cannot create the fresh folder '{self.root}' that replaces the run in "
+                                         f"'{self.target}': {e.strerror}") from None
             probe(self.root)
         except BaseException:
             self.lock.release()
