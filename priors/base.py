@@ -2,6 +2,7 @@
 from dataclasses import dataclass, field
 from math import prod
 
+import numpy as np
 import pyro.distributions as dist
 
 
@@ -74,7 +75,7 @@ def flag(name, value, prior):
     """Check a true/false prior parameter strictly: ``"no"`` or ``1`` is refused, never read as true."""
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    if not isinstance(value, bool) and type(value).__name__ != "bool_":  # NumPy's bool counts too
+    if not isinstance(value, (bool, np.bool_)):
         raise PriorError(f"{prior}: parameter '{name}' must be true or false, got {value!r}")
     return bool(value)
 
