@@ -27,6 +27,7 @@ class ElboTerms:
     kl: torch.Tensor  # KL(q || p) over all latent sites (closed form where known)
     model_trace: object
     guide_trace: object
+    kl_sites: dict = None  # site -> its part of ``kl`` (a joint guide's parts are log-densities, not KLs)
 
     def loss(self, temperature=1.0, beta=1.0):
         """Negative tempered, annealed ELBO: -loglik / T + beta * KL."""
@@ -49,7 +50,11 @@ def elbo_terms(model, guide, *args, num_particles=1, **kwargs):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         run = with_local_sites(model, guide)
         model_trace = poutine.trace(poutine.replay(run, trace=guide_trace)).get_trace(*args, **kwargs)
-    loglik, kl = 0.0, 0.0
+    loglik, parts = 0.0, {}
+
+    def add(name, term):
+        parts[name] = parts.get(name, 0.0) + term
+
     for name, site in model_trace.nodes.items():
         if not is_sampled(site):
             continue
@@ -57,19 +62,21 @@ def elbo_terms(model, guide, *args, num_particles=1, **kwargs):
             loglik = loglik + site["scale"] * site["fn"].log_prob(site["value"]).sum()
             continue
         if "posterior" in site["infer"]:  # drawn from its amortized posterior in the model's pass: closed-form KL
-            kl = kl + site["scale"] * kl_divergence(site["infer"]["posterior"], site["fn"]).sum()
+            add(name, site["scale"] * kl_divergence(site["infer"]["posterior"], site["fn"]).sum())
             continue
         q = guide_trace.nodes[name]
         closed = _closed_form_kl(q["fn"], site["fn"])
         if closed is not None:
-            kl = kl + site["scale"] * closed.sum()
+            add(name, site["scale"] * closed.sum())
             q["kl_done"] = True
         else:
-            kl = kl - site["scale"] * site["fn"].log_prob(site["value"]).sum()
+            add(name, -site["scale"] * site["fn"].log_prob(site["value"]).sum())
     for name, q in guide_trace.nodes.items():
         if is_latent(q) and not q.get("kl_done"):
-            kl = kl + q["scale"] * q["fn"].log_prob(q["value"]).sum()
-    return ElboTerms(loglik / num_particles, kl / num_particles, model_trace, guide_trace)
+            add(name, q["scale"] * q["fn"].log_prob(q["value"]).sum())
+    kl = sum(parts.values(), 0.0)
+    return ElboTerms(loglik / num_particles, kl / num_particles, model_trace, guide_trace,
+                     {n: v / num_particles for n, v in parts.items()})
 
 
 def first_nonfinite_site(terms):

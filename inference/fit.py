@@ -1,14 +1,15 @@
 """``inference.fit``: one entry point for every method, returning a Posterior."""
 import inspect
 import itertools
-import math
-import numbers
+import re
+import time
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
-from .checks import check_data
+from .checks import (as_tensor, boolean, check, check_data, check_device, check_seed, integer, number,
+                     unpack_data)
 from .elbo import NonFiniteError, elbo_terms, first_nonfinite_site
 from .guides import GUIDES
 from .persist import Checkpoint
@@ -40,13 +41,24 @@ def model_device(model):
     return torch.device("cpu")
 
 
-def unpack(data, device=None):
-    """(x, y) or (x, y, mask) or an object with .x .y .mask -> tensors on ``device``."""
-    if hasattr(data, "x"):
-        x, y, mask = data.x, data.y, getattr(data, "mask", None)
-    else:
-        x, y, *rest = data
-        mask = rest[0] if rest else None
+def model_dtype(model):
+    """The floating dtype of the model's parameters (float32 unless the user changed it)."""
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return torch.get_default_dtype()
+
+
+def unpack(data, device=None, dtype=None, source="data"):
+    """(x, y) or (x, y, mask) or an object with .x .y .mask -> tensors on ``device``.
+
+    Arrays and lists become tensors; real-valued x takes ``dtype`` (the model's), so
+    float64 data from NumPy fits a float32 model. Anything else is a DataError.
+    """
+    x, y, mask = unpack_data(data, source)
+    x = as_tensor(x, "x", source, dtype)
+    y = None if y is None else as_tensor(y, "y", source)
+    mask = None if mask is None else as_tensor(mask, "mask", source)
     move = (lambda t: t if t is None else t.to(device)) if device is not None else (lambda t: t)
     return move(x), move(y), move(mask)
 
@@ -85,19 +97,18 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
     fit ends bit-identical to an uninterrupted one (same machine). A NonFiniteError
     carries ``.posterior``, the fit as it stood after the last good step.
     """
-    check_options(steps=steps, lr=lr, batch_size=batch_size, num_particles=num_particles, kl_anneal=kl_anneal,
-                  temperature=temperature, clip_norm=clip_norm, checkpoint_every=checkpoint_every)
-    pyro.set_rng_seed(seed)
+    check_fit(guide, seed=seed, checkpoint=checkpoint, steps=steps, lr=lr, batch_size=batch_size,
+              num_particles=num_particles, kl_anneal=kl_anneal, temperature=temperature, clip_norm=clip_norm,
+              checkpoint_every=checkpoint_every, progress=progress)
     if device is not None:
-        model.to(device)
-    x, y, mask = unpack(data, model_device(model))
+        model.to(check_device(device, FitError))
+    x, y, mask = unpack(data, model_device(model), model_dtype(model), source="fit data")
     cfg = getattr(getattr(model, "net", None), "cfg", None)
     check_data(x, y, mask, num_classes=getattr(cfg, "num_classes", None), vocab_size=getattr(cfg, "vocab_size", None),
                source="fit data")
     if hasattr(getattr(model, "net", None), "check_input"):
         model.net.check_input(x)  # here, not inside a Pyro trace, which would append its shape table
-    if checkpoint is not None and not (isinstance(guide, str) and guide in GUIDES):
-        raise FitError(f"checkpoint is available for the SVI guides ({', '.join(GUIDES)}), not for '{guide}'")
+    pyro.set_rng_seed(seed)
     if isinstance(guide, str) and guide in METHODS:
         fitter = METHODS[guide]
         options = {**(guide_options or {}), **method_options}
@@ -107,8 +118,11 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
             if unknown:
                 valid = [k for k in accepted if k not in ("model", "data")]
                 raise FitError(f"method '{guide}' has no option '{unknown[0]}'; valid: {', '.join(valid)}")
-        return fitter(model, (x, y, mask), steps=steps, lr=lr, batch_size=batch_size, temperature=temperature,
-                      seed=seed, progress=progress, **options)
+        started = time.perf_counter()
+        posterior = fitter(model, (x, y, mask), steps=steps, lr=lr, batch_size=batch_size, temperature=temperature,
+                           seed=seed, progress=progress, **options)
+        posterior.info.setdefault("fit_seconds", time.perf_counter() - started)
+        return posterior
     if method_options:
         raise FitError(f"unknown option(s) for guide '{guide}': {', '.join(method_options)}")
     name, guide = build_guide(guide, model, x, y, mask, guide_options or {})
@@ -120,43 +134,62 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
             "model": model.config() if hasattr(model, "config") else type(model).__name__,
             "data": [x.shape[0], float(x.double().sum()), float(y.double().sum())]})
 
-    def posterior(losses):
+    def posterior(losses, seconds):
         return Posterior(model, name, guide=guide, point=(name == "map"),
                          info={"losses": losses, "steps": steps, "temperature": temperature,
                                "num_particles": num_particles, "guide_options": dict(guide_options or {}),
-                               "seed": seed},
+                               "seed": seed, "fit_seconds": seconds},
                          x_proto=x[:2], mask_proto=None if mask is None else mask[:2])
     try:
-        losses = svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_anneal, temperature,
-                     clip_norm, seed, progress, name, checkpoint)
+        losses, seconds = svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_anneal, temperature,
+                              clip_norm, seed, progress, name, checkpoint)
     except NonFiniteError as e:
-        e.posterior = posterior(e.losses)  # the last good state, to inspect or save
+        e.posterior = posterior(e.losses, e.seconds)  # the last good state, to inspect or save
         raise
-    return posterior(losses)
+    return posterior(losses, seconds)
 
 
-def check_options(**options):
+OPTIONS = {  # what each fit option accepts; the command line checks its flags with the same rules
+    "steps": integer(0),
+    "lr": number(0),
+    "batch_size": integer(1, optional=True),
+    "num_particles": integer(1),
+    "kl_anneal": integer(0),
+    "temperature": number(0),
+    "clip_norm": number(0, optional=True),
+    "checkpoint_every": integer(1),
+    "progress": boolean(),
+}
+SVI_ONLY = {"num_particles": 1, "kl_anneal": 0, "clip_norm": None}  # SVI options and their no-op values
+
+
+def check_options(spell=str, **options):
     """Refuse option values that would fail obscurely (or silently) later, naming the option."""
-    def number(v):
-        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    check(options, OPTIONS, FitError, spell)
 
-    def integer(v):
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
-    rules = {
-        "steps": (lambda v: integer(v) and v >= 0, "an integer >= 0"),
-        "lr": (lambda v: number(v) and v > 0, "a positive number"),
-        "batch_size": (lambda v: v is None or (integer(v) and v >= 1), "None or an integer >= 1"),
-        "num_particles": (lambda v: integer(v) and v >= 1, "an integer >= 1"),
-        "kl_anneal": (lambda v: integer(v) and v >= 0, "an integer >= 0 (steps of KL warm-up)"),
-        "temperature": (lambda v: number(v) and v > 0, "a positive finite number"),
-        "clip_norm": (lambda v: v is None or (number(v) and v > 0), "None or a positive number"),
-        "checkpoint_every": (lambda v: integer(v) and v >= 1, "an integer >= 1"),
-    }
-    for name, value in options.items():
-        ok, valid = rules[name]
-        if not ok(value):
-            raise FitError(f"{name} must be {valid}, got {value!r}")
+def check_fit(guide, spell=str, seed=0, checkpoint=None, **options):
+    """Every fit option valid, and none that would have no effect with ``guide`` (the reason named).
+
+    ``fit`` calls this first; the command line calls it on its flags (``spell`` names them)
+    before it reads data or creates a folder.
+    """
+    check_options(spell, **options)
+    check_seed(seed, FitError, spell)
+    if not callable(guide) and not (isinstance(guide, str) and guide in [*GUIDES, *METHODS]):
+        raise FitError(f"unknown guide '{guide}'; valid: {', '.join(method_names())}")
+    if checkpoint is not None and not (isinstance(guide, str) and guide in GUIDES):
+        raise FitError(f"checkpoints (checkpoint, --checkpoint-every) are for the SVI guides ({', '.join(GUIDES)}), "
+                       f"not for '{guide}'")
+    if isinstance(guide, str) and guide in METHODS:
+        accepted = inspect.signature(METHODS[guide]).parameters
+        for name, idle in SVI_ONLY.items():
+            if name in options and options[name] != idle and name not in accepted:
+                raise FitError(f"{spell(name)}={options[name]!r} has no effect with method '{guide}' "
+                               f"(it is an option of the SVI guides: {', '.join(GUIDES)})")
+    if guide == "map" and options.get("num_particles", 1) != 1:
+        raise FitError(f"{spell('num_particles')}={options['num_particles']!r} has no effect with guide 'map' "
+                       f"(a point estimate draws the same value for every particle)")
 
 
 def build_guide(guide, model, x, y, mask, options):
@@ -167,9 +200,28 @@ def build_guide(guide, model, x, y, mask, options):
         raise FitError(f"unknown guide '{guide}'; valid: {', '.join(method_names())}")
     proto = (x[:2], y[:2], None if mask is None else mask[:2])
     try:
-        return guide, GUIDES[guide](model, *proto, **options).to(x.device)
-    except TypeError as e:
-        raise FitError(f"guide '{guide}': {e}") from None
+        built = GUIDES[guide](model, *proto, **options).to(x.device)
+    except (TypeError, ValueError) as e:  # a guide refusing its options, or Pyro's own check (rank=0)
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        raise FitError(f"guide '{guide}' has no option '{unknown.group(1)}'" if unknown
+                       else f"guide '{guide}': {str(e).splitlines()[0]}") from None
+    if guide != "map" and getattr(built, "local", None) is None and not latent_sites(built, *proto):
+        bayes = getattr(model, "bayes", None)
+        raise FitError(f"guide '{guide}' has nothing to fit: the model has no latent sites"
+                       + (f" (bayes={bayes!r})" if bayes is not None else "")
+                       + "; use guide='map' to train the network, or choose where uncertainty lives "
+                         "(bayes='weights', 'last-layer', 'attention', ...)")
+    return guide, built
+
+
+def latent_sites(guide, x, y, mask):
+    """Names of the latent sites ``guide`` draws on a prototype batch."""
+    from pyro import poutine
+
+    from .sites import is_latent
+    with torch.no_grad(), poutine.block(hide_types=["param"]):
+        trace = poutine.trace(guide).get_trace(x, None, mask)
+    return [n for n, site in trace.nodes.items() if is_latent(site)]
 
 
 def diagnose(model, guide, x, y, mask, n, num_particles):
@@ -187,18 +239,22 @@ def svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_annea
     params = {n: p for n, p in [*model.named_parameters(), *(("guide." + k, v) for k, v in guide.named_parameters())]
               if p.requires_grad}
     if not params:
-        return []
+        return [], 0.0
     optim = torch.optim.Adam(params.values(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, max(steps, 1), eta_min=lr / 10)
     n = x.shape[0]
     generator = torch.Generator().manual_seed(seed)
-    start, losses = checkpoint.resume(model, guide, optim, schedule) if checkpoint else (0, [])
+    start, losses, before = checkpoint.resume(model, guide, optim, schedule) if checkpoint else (0, [], 0.0)
+    started = time.perf_counter()
+
+    def seconds():  # fit time, counting every earlier part of a resumed fit
+        return before + time.perf_counter() - started
     batches = itertools.islice(minibatches(n, batch_size, steps, generator), start, None)  # replays the draws
     bar = tqdm(batches, initial=start, total=steps, desc=f"fit {name}", disable=not progress, leave=False)
 
     def stop(message):
         error = NonFiniteError(message)
-        error.losses = list(losses)
+        error.losses, error.seconds = list(losses), seconds()
         return error
 
     model.train()
@@ -233,6 +289,6 @@ def svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_annea
         if step % 25 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if checkpoint and checkpoint.due(step + 1, steps):
-            checkpoint.save(step + 1, model, guide, optim, schedule, losses)
+            checkpoint.save(step + 1, model, guide, optim, schedule, losses, seconds())
     model.eval()
-    return losses
+    return losses, seconds()

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from .checks import check_predictions
+
 EPS = 1e-12
 
 
@@ -143,6 +145,7 @@ def evaluate(probs, y, probs_ood=None, bins=15):
     (mean mutual information), and with ``probs_ood``: ood_auroc, ood_aupr (by
     predictive entropy), ood_auroc_mi, ood_aupr_mi (by mutual information).
     """
+    check_predictions(probs, y)
     probs, y = probs.detach().cpu(), y.detach().cpu()
     out = {"accuracy": accuracy(probs, y), "nll": nll(probs, y), "ece": ece(probs, y, bins),
            "brier": brier(probs, y), "aece": adaptive_ece(probs, y, bins),

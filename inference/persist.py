@@ -12,8 +12,14 @@ A checkpoint holds what an SVI loop needs to carry on bit-identically: model,
 guide, optimizer and schedule states, every random number generator, the step
 and the losses so far, plus a fingerprint of the fit's options so that a
 checkpoint is never resumed by a different fit.
+
+Every file ends with a SHA-256 of its bytes (``torch.load`` ignores the trailer), checked
+before anything is unpickled: a file with a flipped, lost or added byte is refused with
+one line instead of loading wrong numbers.
 """
+import hashlib
 import importlib
+import io
 import os
 import random
 import warnings
@@ -24,7 +30,7 @@ import pyro
 import torch
 
 FORMAT = "bayesformer-zoo"
-FORMAT_VERSION = 1  # bump when the layout below changes; files of another version are refused
+FORMAT_VERSION = 2  # bump when the layout below changes; files of another version are refused (2: checksum trailer)
 
 
 class PosteriorFileError(ValueError):
@@ -40,26 +46,57 @@ def _major(version):
     return str(version).split(".")[0]
 
 
-def _write(obj, path):
-    """torch.save to a temporary file, then rename: a crash never leaves a truncated file."""
+TRAILER = b"\nbayesformer-zoo sha256 "  # then 64 hex digits and a newline: the last bytes of every file
+
+
+def write(obj, path):
+    """torch.save ``obj`` to ``path`` with a SHA-256 of the bytes appended, via a temporary file and a rename:
+    a crash never leaves a truncated file, and any changed byte is found on load (``read_bytes``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise PosteriorFileError(f"cannot write '{path}': it is a folder; give a file name such as {path / 'posterior.pt'}")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data + TRAILER + hashlib.sha256(data).hexdigest().encode() + b"\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        raise PosteriorFileError(f"cannot write '{path}': {e.strerror or e}") from None
+
+
+def read_bytes(path, kind):
+    """The torch payload of a file ``write`` wrote, after checking its SHA-256; one line naming the file if not."""
+    data = Path(path).read_bytes()
+    size = len(TRAILER) + 64 + 1
+    payload, trailer = data[:-size], data[-size:]
+    if len(data) < size or not trailer.startswith(TRAILER):
+        raise PosteriorFileError(f"{kind} file '{path}' has no checksum: it is damaged at its end, or not written "
+                                 f"by this version of the zoo (refit, or save it again with Posterior.save)")
+    if trailer != TRAILER + hashlib.sha256(payload).hexdigest().encode() + b"\n":
+        raise PosteriorFileError(f"{kind} file '{path}' is damaged: its bytes do not match the checksum written "
+                                 f"with it; restore it from a copy or refit")
+    return payload
 
 
 def _read(path, kind, map_location=None):
     """torch.load(weights_only=True) with one-line errors, then the format and version checks."""
     path = Path(path)
     if not path.is_file():
-        raise PosteriorFileError(f"{kind} file '{path}' does not exist")
+        raise PosteriorFileError(f"{kind} file '{path}' does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    payload = read_bytes(path, kind)
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickled code, truncation, not a torch file: all refused the same way
-        reason = _load_failure(e)
-        raise PosteriorFileError(f"{kind} file '{path}' cannot be read safely (only tensors and plain "
-                                 f"types are loaded, never code): {reason}") from None
+        obj = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickled code, truncation, not a torch file: all refused
+        unsafe, reason = _load_failure(e)
+        if unsafe:
+            raise PosteriorFileError(f"{kind} file '{path}' cannot be read safely (only tensors and plain "
+                                     f"types are loaded, never code): {reason}") from None
+        raise PosteriorFileError(f"{kind} file '{path}' is damaged or not a {FORMAT} file: {reason}") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("kind") != kind:
         raise PosteriorFileError(f"'{path}' is not a {FORMAT} {kind} file")
     if obj.get("format_version") != FORMAT_VERSION or _major(obj.get("zoo_version")) != _major(_library_version()):
@@ -70,14 +107,14 @@ def _read(path, kind, map_location=None):
 
 
 def _load_failure(error):
-    """One line from torch.load's long message: the forbidden object if there was one."""
+    """(unsafe, one line) from torch.load's long message: the forbidden object if there was one."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()] or [type(error).__name__]
     forbidden = [ln for ln in lines if "global" in ln.lower()]
     if forbidden:
-        return forbidden[0]
+        return True, forbidden[0]
     if lines[0].startswith("Weights only load failed"):
-        return "it is not a file of tensors and plain types"
-    return lines[0].split(". ")[0]
+        return True, "it is not a file of tensors and plain types"
+    return False, lines[0].split(". ")[0]
 
 
 def plain(obj, key="info"):
@@ -171,7 +208,7 @@ def save(posterior, path, preprocessing=None, extra=None, num_samples=200):
         "preprocessing": plain(preprocessing),
         "extra": plain(extra),
     }
-    _write(obj, path)
+    write(obj, path)
     return Path(path)
 
 
@@ -195,20 +232,22 @@ def load(path, map_location=None):
     """The Posterior saved at ``path``, on ``map_location`` (default: CPU). Never runs code from the file."""
     import priors
 
+    from .checks import check_device
     from .guides import GUIDES
     from .posterior import Posterior
 
+    device = check_device(map_location if map_location is not None else "cpu", PosteriorFileError, "map_location")
     obj = _read(path, "posterior", map_location="cpu")
     cls = _model_class(obj["model_class"], path)
     config = dict(obj["config"])
-    try:
-        if "prior" in config and isinstance(config["prior"], (str, dict)):
-            config["prior"] = priors.parse(config["prior"])
+    try:  # files a prior reads (an empirical prior's weights) are found beside the posterior file
+        for key in ("prior", "attention_prior"):
+            if key in config and isinstance(config[key], (str, dict)):
+                config[key] = priors.parse(config[key], base=Path(path).parent)
         model = cls(**config)
     except (TypeError, ValueError) as e:
         raise PosteriorFileError(f"'{path}': cannot rebuild the {cls.__name__} it describes: "
                                  f"{str(e).splitlines()[0]}") from None
-    device = torch.device(map_location) if map_location is not None else torch.device("cpu")
     model.to(device)
     x_proto, mask_proto = obj["x_proto"], obj["mask_proto"]
     x_proto = None if x_proto is None else x_proto.to(device)
@@ -271,9 +310,9 @@ class Checkpoint:
         self.path, self.every, self.fingerprint = Path(path), every, plain(fingerprint)
 
     def resume(self, model, guide, optim, schedule):
-        """Restore the saved state into these objects; returns (steps done, losses). (0, []) if no file."""
+        """Restore the saved state into these objects; returns (steps done, losses, seconds spent so far)."""
         if not self.path.exists():
-            return 0, []
+            return 0, [], 0.0
         obj = _read(self.path, "checkpoint")
         for key, value in self.fingerprint.items():
             if obj["fingerprint"].get(key) != value:
@@ -285,15 +324,16 @@ class Checkpoint:
         optim.load_state_dict(obj["optim"])
         schedule.load_state_dict(obj["schedule"])
         set_rng_state(obj["rng"])
-        return obj["step"], obj["losses"].tolist()
+        return obj["step"], obj["losses"].tolist(), float(obj.get("seconds", 0.0))
 
     def due(self, done, total):
         return done % self.every == 0 or done == total
 
-    def save(self, done, model, guide, optim, schedule, losses):
-        """Write the state after ``done`` steps (atomically: a kill mid-write keeps the previous one)."""
-        _write({"format": FORMAT, "kind": "checkpoint", "format_version": FORMAT_VERSION,
+    def save(self, done, model, guide, optim, schedule, losses, seconds=0.0):
+        """Write the state after ``done`` steps and ``seconds`` of fitting (atomically: a kill mid-write keeps
+        the previous one)."""
+        write({"format": FORMAT, "kind": "checkpoint", "format_version": FORMAT_VERSION,
                 "zoo_version": _library_version(), "fingerprint": self.fingerprint, "step": done,
                 "model": model.state_dict(), "guide": guide.state_dict(), "optim": optim.state_dict(),
                 "schedule": schedule.state_dict(), "rng": rng_state(),
-                "losses": torch.tensor(losses, dtype=torch.float64)}, self.path)
+                "losses": torch.tensor(losses, dtype=torch.float64), "seconds": float(seconds)}, self.path)

@@ -5,6 +5,7 @@ import pyro
 import torch
 from pyro import poutine
 
+from .checks import check_draws, check_output, check_prediction
 from .memory import plan
 from .sites import is_global, is_sampled, with_local_sites
 
@@ -38,9 +39,14 @@ class Posterior:
         from .fit import model_device
         return model_device(self.model)
 
+    def model_dtype(self):
+        from .fit import model_dtype
+        return model_dtype(self.model)
+
     def num_draws(self, num_samples=None):
         """S for a request: 1 for a point estimate; for stored draws (MCMC, ensembles) at most
         the number held, all of them when ``num_samples`` is None."""
+        check_draws(num_samples)
         if self.point:
             return 1
         if self.draws is not None:
@@ -79,6 +85,10 @@ class Posterior:
         self.model.train(self.info.get("dropout_at_test", False))
         try:
             s = next(iter(draws.values())).shape[0] if draws else self.num_draws(num_samples)
+            x, mask = check_prediction(x, mask, batch_size, self.model_dtype())
+            classes = getattr(getattr(getattr(self.model, "net", None), "cfg", None), "num_classes", None)
+            if classes is not None:
+                check_output(s, x.shape[0], classes, self.device)
             x = x.to(self.device)
             if hasattr(getattr(self.model, "net", None), "check_input"):
                 self.model.net.check_input(x)  # a one-line error before any Pyro trace

@@ -21,6 +21,7 @@ import torch
 from pyro import poutine
 
 from . import arviz_io
+from .checks import CheckError, check, integer
 from .metrics import entropy
 from .posterior import draws_plate
 from .sites import is_global
@@ -101,8 +102,7 @@ def prior_predictive(model, x, num_samples=100, mask=None, batch_size=256, label
     sites (attention rows) are drawn per input; for ``.attn.weights`` sites their
     row entropies are kept. Returns a ``PriorPredictive``.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    check({"num_samples": num_samples}, {"num_samples": integer(1)}, CheckError)
     was_training = model.training
     model.eval()
     try:

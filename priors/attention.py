@@ -18,7 +18,7 @@ import torch
 from pyro.distributions import constraints
 from torch.distributions import Gamma, Weibull, register_kl
 
-from .base import Prior, PriorError, format_spec, positive
+from .base import Prior, PriorError, flag, format_spec, positive
 from .gamma import standard_gamma, standard_gamma_grad
 from .spec import register
 
@@ -265,7 +265,7 @@ class GammaAttention(AttentionPrior):
     def __init__(self, strength=1.0, floor=0.1, contextual=True):
         self.strength = positive("strength", strength, self.name)
         self.floor = positive("floor", floor, self.name)
-        self.contextual = bool(contextual)
+        self.contextual = flag("contextual", contextual, self.name)
 
     def __call__(self, site):
         keys, mask, shape = self.context(site)

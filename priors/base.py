@@ -2,6 +2,7 @@
 from dataclasses import dataclass, field
 from math import prod
 
+import numpy as np
 import pyro.distributions as dist
 
 
@@ -47,15 +48,36 @@ class Prior:
         return self.spec()
 
 
+FLOAT32 = (1.1754943508222875e-38, 3.4028234663852886e38)  # smallest normal and largest float32: the models' type
+
+
 def positive(name, value, prior):
-    """Check a positive prior parameter, naming the prior and parameter when it is not."""
+    """Check a positive prior parameter, naming the prior and parameter when it is not.
+
+    The value must also survive the models' float32: 1e-60 would become 0 and 1e60
+    infinity, failing only inside the first fit step.
+    """
+    if isinstance(value, bool):
+        raise PriorError(f"{prior}: parameter '{name}' must be a number, got {value!r}")
     try:
         value = float(value)
     except (TypeError, ValueError):
         raise PriorError(f"{prior}: parameter '{name}' must be a number, got {value!r}") from None
     if not value > 0 or value == float("inf"):
         raise PriorError(f"{prior}: parameter '{name}' must be positive and finite, got {value}")
+    if not FLOAT32[0] <= value <= FLOAT32[1]:
+        raise PriorError(f"{prior}: parameter '{name}'={value:g} is not representable in float32 (the models' "
+                         f"type); use a value between {FLOAT32[0]:.3g} and {FLOAT32[1]:.3g}")
     return value
+
+
+def flag(name, value, prior):
+    """Check a true/false prior parameter strictly: ``"no"`` or ``1`` is refused, never read as true."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, (bool, np.bool_)):
+        raise PriorError(f"{prior}: parameter '{name}' must be true or false, got {value!r}")
+    return bool(value)
 
 
 def independent(base, site):

@@ -2,7 +2,7 @@
 import pyro.distributions as dist
 import torch
 
-from .base import Prior, PriorError, format_spec, independent
+from .base import Prior, PriorError, format_spec, independent, positive
 
 
 class Empirical(Prior):
@@ -17,7 +17,7 @@ class Empirical(Prior):
 
     def __init__(self, moments, min_scale=1e-2, path=None):
         self.moments = dict(moments)
-        self.min_scale = float(min_scale)
+        self.min_scale = positive("min_scale", min_scale, self.name)
         self.path = path
 
     @classmethod
@@ -30,13 +30,18 @@ class Empirical(Prior):
         return cls(moments, min_scale, path)
 
     @classmethod
-    def load(cls, path, min_scale=1e-2):
+    def load(cls, path, min_scale=1e-2, base=None):
+        """From a weights file; a relative ``path`` is read from ``base`` (default: the current folder) and
+        kept as given, so ``spec()`` stays relative (a run folder moves whole)."""
+        from .spec import resolve
+
+        file = resolve(str(path), base)
+        if not file.is_file():
+            raise PriorError(f"empirical: weights file '{file}' does not exist")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise PriorError(f"empirical: weights file '{path}' does not exist") from None
+            state = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input error
-            raise PriorError(f"empirical: cannot read weights file '{path}': {e}") from None
+            raise PriorError(f"empirical: cannot read weights file '{path}': {str(e).strip().splitlines()[0]}") from None
         if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
             raise PriorError(f"empirical: '{path}' must hold a state dict of tensors")
         return cls.fit(state, min_scale, path=str(path))

@@ -4,7 +4,7 @@ import math
 import pyro
 import pyro.distributions as dist
 
-from .base import Prior, format_spec, positive
+from .base import Prior, flag, format_spec, positive
 
 
 class HierarchicalGaussian(Prior):
@@ -18,7 +18,7 @@ class HierarchicalGaussian(Prior):
 
     def __init__(self, hyper_scale=1.0, fan_in=True):
         self.hyper_scale = positive("hyper_scale", hyper_scale, self.name)
-        self.fan_in = bool(fan_in)
+        self.fan_in = flag("fan_in", fan_in, self.name)
 
     def __call__(self, site):
         s = pyro.sample(f"{site.name}.prior_scale", dist.HalfNormal(self.hyper_scale))

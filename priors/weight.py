@@ -3,7 +3,7 @@ import math
 
 import pyro.distributions as dist
 
-from .base import Prior, format_spec, independent, positive
+from .base import Prior, flag, format_spec, independent, positive
 
 
 class _Scaled(Prior):
@@ -13,7 +13,7 @@ class _Scaled(Prior):
 
     def __init__(self, scale=1.0, fan_in=False):
         self.scale = positive("scale", scale, self.name)
-        self.fan_in = bool(fan_in)
+        self.fan_in = flag("fan_in", fan_in, self.name)
 
     def site_scale(self, site):
         return self.scale / math.sqrt(site.fan_in) if self.fan_in else self.scale

@@ -235,8 +235,8 @@ def test_non_finite_gradient_names_the_parameter():
 def test_cli_reports_a_diverged_fit_in_one_line(tmp_path, monkeypatch, capsys):
     def diverge(*args, **kwargs):
         raise NonFiniteError("loss is nan at step 3; first non-finite site: 'y'")
-    import zoo.commands.fit
-    monkeypatch.setattr(zoo.commands.fit, "fit", diverge)
+    import inference
+    monkeypatch.setattr(inference, "fit", diverge)  # bzoo fit imports it when it runs
     assert cli.main(["fit", "--steps", "1", "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert "step 3" in err and "Traceback" not in err
@@ -275,15 +275,16 @@ def test_dirichlet_concentration_floor_must_be_positive():
 
 # --- run folders ---------------------------------------------------------------------------------------------
 
-def test_run_folder_refuses_a_run_unless_overwrite_and_never_deletes(tmp_path):
-    run = RunFolder(tmp_path / "run")
-    run.write_json("metrics.json", {"accuracy": 0.9})
+def test_run_folder_refuses_a_run_unless_overwrite_and_keeps_what_is_not_the_runs(tmp_path):
+    with RunFolder(tmp_path / "run") as run:
+        run.write_json("metrics.json", {"accuracy": 0.9})
+        run.record({}, 0)
     (tmp_path / "run" / "notes.txt").write_text("mine")
     with pytest.raises(RunFolderError) as e:
         RunFolder(tmp_path / "run")
-    one_line(e.value, str(tmp_path / "run"), "metrics.json", "--overwrite")
-    again = RunFolder(tmp_path / "run", overwrite=True)
-    again.write_json("metrics.json", {"accuracy": 0.5})
+    one_line(e.value, str(tmp_path / "run"), "run.json", "--overwrite")
+    with RunFolder(tmp_path / "run", overwrite=True) as again:
+        again.write_json("metrics.json", {"accuracy": 0.5})
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == {"accuracy": 0.5}
 

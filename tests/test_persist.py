@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from inference import Posterior, fit
-from inference.persist import FORMAT_VERSION, PosteriorFileError
+from inference.persist import FORMAT_VERSION, PosteriorFileError, write
 from zoo import TransformerClassifier
 from zoo.runs import RunFolder
 
@@ -84,9 +84,9 @@ def test_a_pickled_object_is_refused_and_never_runs(tmp_path):
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    path = tmp_path / "evil.pt"
-    torch.save({"format": "bayesformer-zoo", "kind": "posterior", "format_version": FORMAT_VERSION,
-                "payload": Exploit()}, path)
+    path = tmp_path / "evil.pt"  # with a valid checksum: anyone can compute one
+    write({"format": "bayesformer-zoo", "kind": "posterior", "format_version": FORMAT_VERSION,
+           "payload": Exploit()}, path)
     with pytest.raises(PosteriorFileError) as e:
         Posterior.load(path)
     assert "never code" in str(e.value) and "system" in str(e.value) and "\n" not in str(e.value)
@@ -94,9 +94,10 @@ def test_a_pickled_object_is_refused_and_never_runs(tmp_path):
 
 
 def rewrite(src, dst, **changes):
+    """A file as another writer (version, class, method) would have written it, checksum included."""
     obj = torch.load(src, weights_only=True)
     obj.update(changes)
-    torch.save(obj, dst)
+    write(obj, dst)
     return dst
 
 

@@ -1,5 +1,15 @@
-"""Transformer models as Pyro models, datasets and the ``bzoo`` command line."""
-from .models import BayesianLinearRegression, ModelError, Transformer, TransformerClassifier, TransformerConfig
+"""Transformer models as Pyro models, datasets and the ``bzoo`` command line.
 
+The models are imported on first use (PEP 562 ``__getattr__``), so ``bzoo --help``
+does not pay for torch and Pyro; ``from zoo import TransformerClassifier`` works as ever.
+"""
 __version__ = "0.1.0"
-__all__ = ["TransformerClassifier", "BayesianLinearRegression", "Transformer", "TransformerConfig", "ModelError", "__version__"]
+_MODELS = ("TransformerClassifier", "BayesianLinearRegression", "Transformer", "TransformerConfig", "ModelError")
+__all__ = [*_MODELS, "__version__"]
+
+
+def __getattr__(name):
+    if name in _MODELS:
+        from . import models
+        return getattr(models, name)
+    raise AttributeError(f"module 'zoo' has no attribute '{name}'")

@@ -1,52 +1,93 @@
 """``bzoo``: the command line. Each subcommand lives in ``zoo/commands/<name>.py``.
 
-A command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and
-``run(args) -> int``. User errors (``UserError`` and the library's ValueError
-subclasses) print one line and exit 2, a diverged fit (NonFiniteError) exits 1;
+``COMMANDS`` lists the verbs and their one-line help; the module of a verb
+(``prior-check`` -> ``zoo.commands.prior_check``) defines ``add_arguments(parser)``
+and ``run(args) -> int``. Only the module of the verb given is imported, and command
+modules import the library inside ``run``, so ``bzoo --help`` answers at once. A new
+verb is a line here and a module there.
+
+User errors (``UserError``, the library's ValueError subclasses, files that cannot be
+read or written) print one line and exit 2, a diverged fit (NonFiniteError) exits 1;
 ``--debug`` shows the traceback.
 """
 import argparse
 import importlib
 import sys
 
-COMMANDS = ["study", "fit", "prior_check", "diagnose", "datasets", "bench"]
+COMMANDS = {
+    "study": "compare weight-space and attention-space inference, priors and guides, with peers; writes results.md",
+    "fit": "fit a Bayesian transformer and write metrics.json, posterior.pt, posterior.nc and plots",
+    "prior-check": "prior predictive check: logit scale, predictive entropy and degenerate functions per prior",
+    "diagnose": "diagnose a fitted run: R-hat/ESS, PSIS-LOO with Pareto k, calibration, plots",
+    "datasets": "list the shipped datasets with train/test sizes, classes, channels and length (no download needed)",
+    "bench": "benchmarks: speed (vs plain PyTorch), nuts (function-space mixing, vs NumPyro), memory",
+}
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """A problem with what the user asked for; printed as one line."""
 
 
-def _load(name):
-    try:
-        return importlib.import_module(f"zoo.commands.{name}")
-    except ModuleNotFoundError as e:
-        if e.name == f"zoo.commands.{name}":
-            return None
-        raise
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage is one ``--help`` away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="bzoo", description="Bayesian transformers: priors, guides, diagnostics.")
+HELP_VALUES = {  # placeholders in help texts, filled from the library only when help is printed
+    "{where}": lambda: ", ".join(importlib.import_module("zoo.models.classifier").WHERE),
+    "{max_tokens}": lambda: str(importlib.import_module("zoo.models").MAX_TOKENS),
+    "{guides}": lambda: ", ".join(importlib.import_module("inference").method_names()),
+}
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default (a help that names its default is left as it is);
+    ``HELP_VALUES`` placeholders are filled in."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        for key, value in HELP_VALUES.items():
+            if key in text:
+                text = text.replace(key, value())
+        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if action.nargs == 0:
+            return text + (" (default: off)" if action.default is False else " (default: on)")
+        return text + " (default: %(default)s)" if action.default is not None else text
+
+
+def command(verb):
+    """The module that implements ``verb``."""
+    return importlib.import_module(f"zoo.commands.{verb.replace('-', '_')}")
+
+
+def build_parser(verbs=None):
+    """The ``bzoo`` parser, with the flags of ``verbs`` (default: every verb, which imports every command)."""
+    parser = Parser(prog="bzoo", description="Bayesian transformers: priors, guides, diagnostics.",
+                    formatter_class=HelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
-        module = _load(name)
-        if module is None:
-            continue
-        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(run=module.run)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    for verb, about in COMMANDS.items():
+        p = sub.add_parser(verb, help=about, description=about, formatter_class=HelpFormatter)
+        if verbs is None or verb in verbs:
+            module = command(verb)
+            module.add_arguments(p)
+            p.set_defaults(run=module.run)
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser([verb] if verb in COMMANDS else []).parse_args(argv)
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:
         print("bzoo: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, OSError) as e:  # the library's errors are ValueErrors; files that cannot be read or written
         if args.debug:
             raise
         print(f"bzoo {args.command}: error: {first_line(e)}", file=sys.stderr)
@@ -56,11 +97,24 @@ def main(argv=None):
             raise
         print(f"bzoo {args.command}: fit stopped: {first_line(e)}", file=sys.stderr)
         return 1
+    except MemoryError:
+        if args.debug:
+            raise
+        print(f"bzoo {args.command}: error: out of memory (try fewer --num-samples, a smaller model or "
+              f"--batch-size)", file=sys.stderr)
+        return 1
+
+
+def warn(args, message):
+    """A one-line warning from a command."""
+    print(f"bzoo {args.command}: warning: {message}", file=sys.stderr)
 
 
 def first_line(error):
     """The message's first line: Pyro appends a table of trace shapes to errors raised inside a model."""
     lines = str(error).strip().splitlines()
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        return f"{error.strerror}: '{error.filename}'"
     return lines[0] if lines else type(error).__name__
 
 

@@ -4,6 +4,7 @@ Chosen on ItalyPowerDemand (67 training series of length 24) and written down
 once, so ``bzoo fit``, ``bzoo study`` and the docs agree. Any of them can be
 overridden from Python (``inference.fit`` options) or the command line.
 """
+DATASET = "ItalyPowerDemand"  # the default dataset (zoo.data.DEFAULT_DATASET; read here so `bzoo --help` needs no torch)
 MODEL = {"d_model": 32, "depth": 2, "heads": 4, "mlp_ratio": 2}
 PRIOR = "gaussian:scale=1"
 

@@ -1,8 +1,6 @@
 """bzoo bench: run a benchmark that prints ratios against peers measured in the same run."""
 import importlib
 
-NAME = "bench"
-HELP = "benchmarks: speed (vs plain PyTorch), nuts (function-space mixing, vs NumPyro), memory"
 BENCHMARKS = {"speed": "benchmarks.speed", "nuts": "benchmarks.nuts", "memory": "benchmarks.memory"}
 
 

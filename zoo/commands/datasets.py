@@ -1,8 +1,4 @@
 """bzoo datasets: list the datasets that ship inside installed packages, with their sizes and shapes."""
-from zoo import data
-
-NAME = "datasets"
-HELP = "list the shipped datasets with train/test sizes, classes, channels and length (no download needed)"
 
 
 def add_arguments(parser):
@@ -10,6 +6,8 @@ def add_arguments(parser):
 
 
 def run(args):
+    from zoo import data
+
     print(f"{'dataset':22s} {'train':>6s} {'test':>6s} {'classes':>7s} {'channels':>8s}  length")
     for name in data.available():
         i = data.info(name)

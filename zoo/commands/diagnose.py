@@ -10,19 +10,6 @@ import json
 import warnings
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from inference import arviz_io, plots  # noqa: E402
-from inference.compare import metrics, predictions, stacked  # noqa: E402
-from zoo.runs import to_plain  # noqa: E402
-
-NAME = "diagnose"
-HELP = "diagnose a fitted run: R-hat/ESS, PSIS-LOO with Pareto k, calibration, plots"
 RHAT_OK = 1.01
 
 
@@ -30,12 +17,15 @@ def add_arguments(parser):
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder holding posterior.nc (from bzoo fit)")
     parser.add_argument("--var-names", action="append", metavar="GLOB",
                         help="posterior sites for the trace plot (repeatable; default: up to 3 of the smallest)")
-    parser.add_argument("--bins", type=int, default=15, help="confidence bins for ECE and reliability (default 15)")
+    parser.add_argument("--bins", type=int, default=15, help="confidence bins for ECE and reliability, at least 1")
 
 
 def convergence(idata):
     """R-hat and ESS over chains: function space (predictive probabilities) and weight space."""
     import arviz as az
+    import numpy as np
+
+    from inference import arviz_io
 
     pp, post = arviz_io.group(idata, "posterior_predictive"), arviz_io.group(idata, "posterior")
     out = {}
@@ -57,6 +47,7 @@ def convergence(idata):
 
 def loo(idata):
     import arviz as az
+    import numpy as np
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the Pareto k counts below say the same, per point
@@ -70,6 +61,8 @@ def loo(idata):
 
 def trace_sites(idata, var_names):
     """The sites to trace and coords keeping at most two entries per dim (weights are many)."""
+    from inference import arviz_io
+
     post = arviz_io.group(idata, "posterior")
     names = list(post.data_vars)
     if var_names:
@@ -81,17 +74,50 @@ def trace_sites(idata, var_names):
 
 
 def run(args):
+    from inference.checks import check, integer
+    from zoo.cli import UserError
+    from zoo.runs import RunLock, claim, probe
+
+    check({"bins": args.bins}, {"bins": integer(1)}, UserError, lambda name: "--" + name)
     root = Path(args.run_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"run folder '{root}' does not exist")
+        raise UserError(f"run folder '{root}' does not exist" + (" (it is a file)" if root.exists() else ""))
     if not (root / "posterior.nc").is_file():
-        raise FileNotFoundError(f"'{root}' has no posterior.nc; write one with `bzoo fit --out {root}`")
-    idata = arviz_io.read(root / "posterior.nc")
-    out = root / "diagnose"
-    out.mkdir(exist_ok=True)
+        raise UserError(f"'{root}' has no posterior.nc; write one with `bzoo fit --out {root}`")
+    with RunLock(root):  # not while a run is writing it
+        probe(root)
+        claim(root, ["diagnose"])  # the run's own: an overwrite of the run replaces it too
+        return diagnose(args, root)
+
+
+def diagnose(args, root):
+    from fnmatch import fnmatchcase
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    import torch
+
+    from inference import arviz_io, plots
+    from inference.compare import metrics, predictions, stacked
+    from zoo.cli import UserError
+    from zoo.runs import to_plain
+
+    try:
+        idata = arviz_io.read(root / "posterior.nc")
+    except (OSError, ValueError) as e:
+        raise UserError(f"'{root / 'posterior.nc'}' cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     ll = arviz_io.group(idata, "log_likelihood")
     if ll is None or "y" not in ll:
-        raise ValueError(f"'{root / 'posterior.nc'}' has no log_likelihood group; is it a posterior written by bzoo fit?")
+        raise UserError(f"'{root / 'posterior.nc'}' has no log_likelihood group; is it a posterior written by bzoo fit?")
+    if args.var_names:
+        names = list(arviz_io.group(idata, "posterior").data_vars)
+        missing = [g for g in args.var_names if not any(fnmatchcase(n, g) for n in names)]
+        if missing:
+            raise UserError(f"--var-names '{missing[0]}' matches no posterior site; sites are: {', '.join(names)}")
+    out = root / "diagnose"
+    out.mkdir(exist_ok=True)
     chains, draws = ll.sizes["chain"], ll.sizes["draw"]
     post = arviz_io.group(idata, "posterior")
     method = ll.attrs.get("method", "?")

@@ -1,88 +1,141 @@
-"""bzoo fit: fit one model with one guide or method and write a run folder."""
-import time
+"""bzoo fit: fit one model with one guide or method and write a run folder.
 
-import torch
-
-from inference import NonFiniteError, evaluate, fit, method_names
+Everything is checked before the fit starts: the flags, the data, the model, that the
+requested draws fit in memory and on disk, and that the output folder can be written
+(it is then locked). Metrics come from the same draws as ``posterior.nc``, so ``bzoo
+diagnose`` reports the same numbers. A degenerate posterior gets a one-line warning
+and a flag in ``metrics.json``. If writing the results fails, the fitted posterior is
+saved elsewhere and the error says where.
+"""
 from zoo import recipes
-from zoo.runs import RunFolder
 
-from .common import (add_data_arguments, add_model_arguments, add_run_arguments, build_model, check_device,
-                     load_data, seed_everything)
-
-NAME = "fit"
-HELP = "fit a Bayesian transformer and write metrics.json, posterior.pt, posterior.nc and plots"
+from .common import (add_data_arguments, add_model_arguments, add_run_arguments, build_model, check_output,
+                     check_run_arguments, dataset_name, flag, load_data, seed_everything, self_contained)
 
 
 def add_arguments(parser):
     add_data_arguments(parser)
     add_model_arguments(parser)
-    parser.add_argument("--guide", default="mean_field", help=f"one of: {', '.join(method_names())} (default mean_field)")
+    parser.add_argument("--guide", default="mean_field", help="one of: {guides}")
     parser.add_argument("--steps", type=int, help="optimizer steps (default per guide, see zoo/recipes.py)")
-    parser.add_argument("--lr", type=float, help="Adam learning rate (default per guide)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default per guide, see zoo/recipes.py)")
     parser.add_argument("--batch-size", type=int, help="minibatch size (default: full batch)")
     parser.add_argument("--num-particles", type=int, help="vectorized ELBO particles (default 1)")
-    parser.add_argument("--temperature", type=float, help="likelihood temperature T; T < 1 is a cold posterior")
+    parser.add_argument("--temperature", type=float,
+                        help="likelihood temperature T; T < 1 is a cold posterior (default 1)")
     parser.add_argument("--kl-anneal", type=int, help="steps of linear KL warm-up (default 0)")
-    parser.add_argument("--clip-norm", type=float, help="clip the gradient norm to this value")
-    parser.add_argument("--num-samples", type=int, default=recipes.NUM_SAMPLES, help="predictive draws (default 100)")
+    parser.add_argument("--clip-norm", type=float, help="clip the gradient norm to this value (default: no clipping)")
+    parser.add_argument("--num-samples", type=int,
+                        help=f"predictive draws (default {recipes.NUM_SAMPLES}; a point estimate such as map has one)")
     parser.add_argument("--option", metavar="KEY=VALUE", action="append", default=[],
                         help="a guide or method setting, repeatable: e.g. num_chains=4, warmup=200 (nuts), "
-                             "num_members=5 (ensemble), rank=10 (low_rank), init_concentration=100 (dirichlet)")
+                             "num_members=5 (ensemble), rank=10 (low_rank), init_concentration=100 (dirichlet) "
+                             "(default: none)")
     parser.add_argument("--checkpoint-every", type=int, metavar="N",
-                        help="save DIR/checkpoint.pt every N steps; rerunning the same command resumes from it")
+                        help="save DIR/checkpoint.pt every N steps; rerunning the same command resumes from it "
+                             "(default: no checkpoint)")
     add_run_arguments(parser)
 
 
 def run(args):
-    device = check_device(args.device)
-    out = RunFolder(args.out or f"runs/fit-{args.dataset if not args.data else 'data'}-{args.guide}-{args.seed}",
-                    args.overwrite)
-    dataset = load_data(args)
-    seed_everything(args.seed)
-    model = build_model(args, dataset)
+    from inference import NonFiniteError, fit
+    from inference.fit import OPTIONS, check_fit
+    from zoo.cli import UserError, warn
+    from zoo.runs import RunFolder
+
+    device = check_run_arguments(args)
     options = recipes.fit_options(args.guide, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                                   num_particles=args.num_particles, temperature=args.temperature,
                                   kl_anneal=args.kl_anneal, clip_norm=args.clip_norm)
+    checkpoint_every = {} if args.checkpoint_every is None else {"checkpoint_every": args.checkpoint_every}
+    check_fit(args.guide, flag, args.seed, checkpoint=args.checkpoint_every,
+              **{k: v for k, v in options.items() if k in OPTIONS}, **checkpoint_every)
     options.update(parse_options(args.option, args.guide))
-    if args.checkpoint_every:
-        options.update(checkpoint=out.path("checkpoint.pt"), checkpoint_every=args.checkpoint_every)
-    started = time.perf_counter()
-    try:
-        posterior = fit(model, dataset.train, guide=args.guide, seed=args.seed, device=device, **options)
-    except NonFiniteError as error:  # keep what was good: the fit as it stood before the failing step
-        if getattr(error, "posterior", None) is not None:
-            error.posterior.save(out.path("posterior_last_good.pt"), preprocessing=dataset.preprocessing)
-        raise
-    fit_seconds = time.perf_counter() - started
-    options.pop("checkpoint", None)
-    test = dataset.test
-    probs = posterior.predict(test.x, args.num_samples, test.mask)
-    metrics = {**evaluate(probs, test.y.to(probs.device)), "fit_seconds": fit_seconds}
-    out.write_json("metrics.json", metrics)
-    posterior.save(out.path("posterior.pt"), preprocessing=dataset.preprocessing)
-    if posterior.point:
-        torch.save({n: v.detach().cpu() for n, v in posterior.point_weights().items()}, out.path("weights.pt"))
-    idata = posterior.to_arviz(dataset.train.x, dataset.train.y, dataset.train.mask, num_samples=args.num_samples,
-                               test=(test.x, test.y, test.mask), seed=args.seed)
-    idata.to_netcdf(str(out.path("posterior.nc")))
-    write_plots(out, posterior, probs, test.y)
-    out.record({"command": "fit", "dataset": dataset.name, "model": model.config(), "guide": args.guide,
-                "fit": options, "num_samples": args.num_samples, "device": str(device)}, args.seed)
-    print(f"{dataset.name} {args.guide}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-          + f"\nwrote {out.root}")
+    point = args.guide == "map"
+    if point and args.num_samples is not None:
+        raise UserError(f"--num-samples {args.num_samples} has no effect with --guide map (a point estimate "
+                        f"predicts once)")
+    num_samples = args.num_samples if args.num_samples is not None else recipes.NUM_SAMPLES
+    if num_samples < 1:
+        raise UserError(f"--num-samples must be an integer >= 1, got {num_samples}")
+    dataset = load_data(args)
+    seed_everything(args.seed)
+    model = build_model(args, dataset)
+    draws = 1 if point else num_samples
+    sizes = (sum(v.numel() for v in model.initial_values().values()), len(dataset.train) + len(dataset.test),
+             dataset.num_classes, len(dataset.train))
+    check_output(f"{draws} predictive draw(s)", draws, *sizes, ".", disk=False)
+    folder = args.out or f"runs/fit-{dataset_name(args)}-{args.guide}-{args.seed}"
+    with RunFolder(folder, args.overwrite) as out:
+        check_output(f"{draws} predictive draw(s)", draws, *sizes, out.root, memory=False)
+        sources = self_contained(out, model)
+        if args.checkpoint_every is not None:
+            options.update(checkpoint=out.path("checkpoint.pt", keep=True), checkpoint_every=args.checkpoint_every)
+        try:
+            posterior = fit(model, dataset.train, guide=args.guide, seed=args.seed, device=device, **options)
+        except NonFiniteError as error:  # keep what was good: the fit as it stood before the failing step
+            if getattr(error, "posterior", None) is None:
+                raise
+            path = out.path("posterior_last_good.pt", keep=True)
+            error.posterior.save(path, preprocessing=dataset.preprocessing)
+            raise NonFiniteError(f"{error}; the last good posterior is saved at {path}") from None
+        options.pop("checkpoint", None)
+        metrics, degeneracy = write_results(out, args, dataset, posterior, num_samples)
+        out.record({"command": "fit", "dataset": dataset.name, "model": model.config(), "guide": args.guide,
+                    "fit": options, "num_samples": num_samples, "device": str(device),
+                    "site_priors": {n: p.spec() for n, p in model.priors.items()}, "prior_sources": sources},
+                   args.seed)
+    shown = {k: v for k, v in metrics.items() if isinstance(v, float) and k not in degeneracy.to_dict()}
+    print(f"{dataset.name} {args.guide}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
+          + f"\nwrote {out.target}")
+    if degeneracy.warning():
+        warn(args, degeneracy.warning())
     return 0
+
+
+def write_results(out, args, dataset, posterior, num_samples):
+    """Metrics, posterior files and plots; if any write fails, the posterior is saved elsewhere and named."""
+    from inference import arviz_io, degeneracy
+    from inference.compare import metrics as stored_metrics, stacked
+    from zoo.cli import first_line
+    from zoo.runs import RunFolderError, rescue
+
+    try:
+        train, test = dataset.train, dataset.test
+        idata = posterior.to_arviz(train.x, train.y, train.mask, num_samples=num_samples,
+                                   test=(test.x, test.y, test.mask), seed=args.seed)
+        train_probs = stacked(arviz_io.group(idata, "posterior_predictive"), "probs")
+        found = degeneracy.check(posterior, train.x, train.mask, probs=train_probs)
+        metrics = {**stored_metrics(idata), "fit_seconds": float(posterior.info.get("fit_seconds", 0.0)),
+                   **found.to_dict()}
+        posterior.save(out.path("posterior.pt"), preprocessing=dataset.preprocessing)
+        if posterior.point:
+            import torch
+            torch.save({n: v.detach().cpu() for n, v in posterior.point_weights().items()}, out.path("weights.pt"))
+        arviz_io.write(idata, out.path("posterior.nc"))
+        test_probs = stacked(arviz_io.group(idata, "predictions"), "probs")
+        write_plots(out, posterior, test_probs, test.y)
+        out.write_json("metrics.json", metrics)
+    except Exception as error:  # noqa: BLE001 - a full disk, permissions, netCDF: the fit must not be lost
+        saved = rescue(lambda p: posterior.save(p, preprocessing=dataset.preprocessing), "posterior.pt")
+        raise RunFolderError(f"writing the results to '{out.target}' failed ({first_line(error)}); "
+                             + (f"the fitted posterior is saved at {saved}" if saved
+                                else "the posterior could not be saved anywhere either")) from error
+    return metrics, found
 
 
 def parse_options(items, guide):
     """``["num_chains=4", "jit_compile=true"]`` -> keyword options (guide_options for SVI guides)."""
     from inference import GUIDES
+    from zoo.cli import UserError
 
     options = {}
     for item in items:
         key, eq, text = item.partition("=")
         if not eq or not key.strip():
-            raise ValueError(f"--option '{item}': expected KEY=VALUE, e.g. num_chains=4")
+            raise UserError(f"--option '{item}': expected KEY=VALUE, e.g. num_chains=4")
+        if key.strip() in options:
+            raise UserError(f"--option '{key.strip()}' is given twice")
         options[key.strip()] = _value(text.strip())
     return {"guide_options": options} if guide in GUIDES and options else options
 
@@ -99,6 +152,9 @@ def _value(text):
 
 
 def write_plots(out, posterior, probs, y):
+    import matplotlib
+
+    matplotlib.use("Agg")
     from inference import plots
 
     losses = posterior.info.get("losses")

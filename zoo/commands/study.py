@@ -5,9 +5,6 @@ from zoo.study import run_study
 
 from .common import add_data_arguments, check_device, load_data, seed_everything
 
-NAME = "study"
-HELP = "compare weight-space and attention-space inference, priors and guides, with peers; writes results.md"
-
 
 def add_arguments(parser):
     add_data_arguments(parser)

@@ -19,9 +19,11 @@ def load_file(path, test_fraction=0.3, seed=0):
     sorted order (``Dataset.classes`` keeps the originals). Without a test set, a
     seeded random ``test_fraction`` of the examples is held out.
     """
+    if not isinstance(path, (str, Path)) or not str(path).strip():
+        raise DataError(f"data file must be a path to a .npz or .csv file, got {path!r}")
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file '{path}' does not exist")
+        raise DataError(f"data file '{path}' does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     if not 0 < test_fraction < 1:
         raise DataError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     suffix = path.suffix.lower()
@@ -43,6 +45,11 @@ def load_file(path, test_fraction=0.3, seed=0):
         x, y = pick(x, order[n_test:]), y[order[n_test:]]
     else:
         xte, yte = _check_arrays(path, "X_test", "y_test", xte, yte)
+        channels = [a[0].shape[-1] if isinstance(a, list) else (a.shape[2] if a.ndim == 3 else 1) for a in (x, xte)]
+        if channels[0] != channels[1] or (isinstance(x, list) or x.dtype.kind == "f") != (
+                isinstance(xte, list) or xte.dtype.kind == "f"):
+            raise DataError(f"data file '{path}': X and X_test differ in kind or channels "
+                            f"({_kind(x)} vs {_kind(xte)}); a model sees both")
     if len(set(y.tolist())) < 2:
         raise DataError(f"data file '{path}': the training labels hold a single class ({y[0]!r}); need at least 2")
     return build(path.stem, x, y, xte, yte)
@@ -70,12 +77,21 @@ def _read_npz(path):
 
 
 def _read_csv(path):
+    """Rows of a UTF-8 CSV (a byte-order mark, as spreadsheet programs write, is not part of the first label)."""
     import csv
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
-    except (UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError as e:
+        raise DataError(f"data file '{path}' is not UTF-8 text (byte 0x{e.object[e.start]:02x} at position "
+                        f"{e.start}); save it as UTF-8 CSV") from None
+    except csv.Error as e:
         raise DataError(f"data file '{path}' is not a readable CSV file ({e})") from None
+    if rows and all(len(r) == 1 for r in rows):
+        other = next((d for d in (";", "\t", "|") if d in rows[0][0]), None)
+        if other:
+            raise DataError(f"data file '{path}' separates its values with {other!r}; a .csv here is "
+                            f"comma-separated (label, value1, value2, ...)")
     if rows and not all(_is_number(c) for c in rows[0][1:] if c.strip()):
         rows = rows[1:]  # a header
     labels, series = [], []
@@ -96,6 +112,12 @@ def _read_csv(path):
     if len({len(s) for s in series}) == 1:
         return np.stack(series), y
     return series, y
+
+
+def _kind(x):
+    if isinstance(x, list):
+        return f"{len(x)} real-valued series of varying length"
+    return f"{'real values' if x.dtype.kind == 'f' else 'tokens'} of shape {list(x.shape)}"
 
 
 def _is_number(text):
@@ -137,6 +159,9 @@ def _check_arrays(path, xname, yname, x, y):
             raise DataError(f"{where}: {xname} must be numeric [N, T, C] or [N, T], got {x.dtype} "
                             f"of shape {list(x.shape)}")
         n, values = len(x), x
+        if x.shape[1] == 0 or (x.ndim == 3 and x.shape[2] == 0):
+            raise DataError(f"{where}: {xname} has shape {list(x.shape)}; every series needs at least one time "
+                            f"step and one channel")
     if n != len(y):
         raise DataError(f"{where}: {xname} has {n} examples but {yname} has {len(y)}")
     if np.issubdtype(np.asarray(values).dtype, np.floating) and not np.all(np.isfinite(values)):

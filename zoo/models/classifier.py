@@ -38,7 +38,7 @@ def bayesian_names(net, bayes):
     for glob in globs:
         matched = [n for n in names if fnmatchcase(n, glob)]
         if not matched:
-            raise ModelError(f"--bayes glob '{glob}' matches no parameter; choose from {', '.join(WHERE)} "
+            raise ModelError(f"bayes glob '{glob}' matches no parameter; choose from {', '.join(WHERE)} "
                              f"or globs over: {', '.join(names)}")
         chosen += [n for n in matched if n not in chosen]
     return [n for n in names if n in chosen]
@@ -98,7 +98,14 @@ class TransformerClassifier(nn.Module):
                                          mlp_ratio, max_len, dropout, patch)
         except ValueError as e:
             raise ModelError(str(e)) from None
-        self.net = Transformer(self.cfg)
+        if not isinstance(bayes, str) or not bayes.strip():
+            raise ModelError(f"bayes must be one of {', '.join(WHERE)} or comma-separated globs over parameter "
+                             f"names, got {bayes!r}")
+        try:
+            self.net = Transformer(self.cfg)
+        except RuntimeError as e:  # sizes that pass the checks but not the allocator (a huge vocab_size)
+            raise ModelError(f"cannot allocate the network (vocab_size={vocab_size}, d_model={d_model}, "
+                             f"depth={depth}): {str(e).splitlines()[0]}") from None
         self.bayes = bayes
         params = dict(self.net.named_parameters())
         self.attention, weights = split_attention(bayes)
@@ -108,6 +115,9 @@ class TransformerClassifier(nn.Module):
         self.prior = priors_pkg.parse(prior) if isinstance(prior, (str, dict)) else prior
         self.priors = PriorMap(self.prior).resolve(self.sites) if self.sites else {}
         self.attention_prior, self.attention_sites = None, []
+        if attention_prior is not None and not self.attention:
+            raise ModelError(f"attention_prior has no effect: bayes={bayes!r} has no attention sites "
+                             f"(use bayes='attention' or 'bam', alone or with weight sites)")
         if self.attention:
             self.attention_prior = parse_attention_prior(attention_prior or DEFAULT_ATTENTION_PRIOR[self.attention],
                                                          self.attention)

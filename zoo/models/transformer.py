@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 import torch.nn as nn
 import torch.nn.functional as F
 
+from inference.checks import check, integer, number
+
 from .layers import embedding, layer_norm, linear, masked_mean, patches, sinusoidal_positions, softmax_attention
 
 MAX_TOKENS = 64  # the default patch keeps a series at most this many tokens, so attention sites stay small
@@ -19,6 +21,20 @@ MAX_TOKENS = 64  # the default patch keeps a series at most this many tokens, so
 def default_patch(length, max_tokens=MAX_TOKENS):
     """The smallest patch size that cuts a series of ``length`` steps into at most ``max_tokens`` tokens."""
     return max(1, math.ceil(length / max_tokens))
+
+
+SIZES = {  # what each size accepts; the command line checks its flags with the same rules
+    "num_classes": integer(2),
+    "input_dim": integer(1, optional=True),
+    "vocab_size": integer(1, optional=True),
+    "d_model": integer(1),
+    "depth": integer(1),
+    "heads": integer(1),
+    "mlp_ratio": integer(1),
+    "max_len": integer(1),
+    "dropout": number(0, 1, low_open=False),
+    "patch": integer(1),
+}
 
 
 class InputShapeError(ValueError):
@@ -39,6 +55,7 @@ class TransformerConfig:
     patch: int = 1  # time steps per token: real-valued series are cut into patches of this many steps
 
     def __post_init__(self):
+        check({k: getattr(self, k) for k in SIZES}, SIZES, ValueError)
         if (self.input_dim is None) == (self.vocab_size is None):
             raise ValueError("give exactly one of input_dim (real-valued input) or vocab_size (tokens)")
         if self.d_model % self.heads:
