@@ -19,7 +19,7 @@ from pyro.distributions import constraints
 from torch.distributions import Gamma, Weibull, register_kl
 
 from .base import Prior, PriorError, format_spec, positive
-from .gamma import standard_gamma, standard_gamma_grad
+from . import gamma
 from .spec import register
 
 EULER = 0.5772156649015329
@@ -31,9 +31,10 @@ class MaskedDirichlet(dist.TorchDistribution):
     ``mask=None`` means every entry is real (the fast path: no masking work at all).
     Sampled as normalized Gamma variates (how torch's ``Dirichlet.rsample`` samples),
     so gradients reach the concentration by implicit reparameterization (torch's
-    ``_standard_gamma_grad``, spread over threads by ``priors.gamma``). Sampling runs
-    in float32 whatever the input dtype: half precision Gamma sampling underflows
-    and float64 buys nothing.
+    approximation of ``dg/dalpha``). On the CPU, draws, normalization and gradient
+    are one fused pass of ``priors.gamma``'s kernels; elsewhere torch's kernels.
+    Sampling runs in float32 whatever the input dtype: half precision Gamma sampling
+    underflows and float64 buys nothing.
     """
 
     arg_constraints = {"concentration": constraints.positive}
@@ -73,7 +74,12 @@ class MaskedDirichlet(dist.TorchDistribution):
 
     def rsample(self, sample_shape=torch.Size()):
         alpha = self.concentration.expand(self._extended_shape(sample_shape))
-        return _NormalizedGamma.apply(alpha, self.mask)
+        mask = None if self.mask is None else self.mask.expand(alpha.shape)
+        if torch.is_grad_enabled() and alpha.requires_grad:
+            return _NormalizedGamma.apply(alpha, mask)
+        a = alpha.detach().float()
+        return (gamma.dirichlet_rows(a, mask, False)[0] if gamma.is_fast(a) else _normalized_gamma(a, mask)[0]
+                ).to(alpha.dtype)
 
     def log_prob(self, value):
         a = self.concentration
@@ -83,32 +89,44 @@ class MaskedDirichlet(dist.TorchDistribution):
         return self.real_rows(lp)
 
 
+def _normalized_gamma(a, m):
+    """torch's kernels: (rows ``g / sum(g)`` of float32 Gamma draws, zero where ``m`` is False; draws; totals)."""
+    g = gamma.standard_gamma(a)  # torch clamps draws at the smallest normal float, so g > 0
+    kept = g if m is None else g * m
+    total = kept.sum(-1, keepdim=True)
+    total = total if m is None else torch.where(total > 0, total, torch.ones_like(total))  # padding rows stay 0
+    return kept / total, g, total
+
+
 class _NormalizedGamma(torch.autograd.Function):
     """Dirichlet draw ``x = g / sum(g)``, ``g_j ~ Gamma(alpha_j, 1)`` (0 where ``m`` is False), in float32.
 
-    Backward is the implicit reparameterization gradient: torch's
-    ``_standard_gamma_grad`` gives dg/dalpha, chained with the normalization by hand
-    (``dL/dg_j = (dL/dx_j - sum_i dL/dx_i x_i) / sum(g)``) in one pass.
+    Backward is the implicit reparameterization gradient, dg/dalpha chained with the
+    normalization by hand (``dL/dg_j = (dL/dx_j - sum_i dL/dx_i x_i) / sum(g)``) in one
+    pass. The fast kernels compute ``dg/dalpha / sum(g)`` with the draw; torch's
+    ``_standard_gamma_grad`` is called in the backward otherwise.
     """
 
     @staticmethod
     def forward(ctx, alpha, m):
         a = alpha.float()
-        g = standard_gamma(a)  # torch clamps draws at the smallest normal float, so g > 0
-        kept = g if m is None else g * m
-        total = kept.sum(-1, keepdim=True)
-        total = total if m is None else torch.where(total > 0, total, torch.ones_like(total))  # padding rows stay 0
-        x = kept / total
-        ctx.save_for_backward(a, g, x, total, m)
-        ctx.dtype = alpha.dtype
+        ctx.dtype, ctx.fast = alpha.dtype, gamma.is_fast(a)
+        if ctx.fast:
+            x, factor = gamma.dirichlet_rows(a, m, True)
+            ctx.save_for_backward(x, factor)
+        else:
+            x, g, total = _normalized_gamma(a, m)
+            ctx.save_for_backward(a, g, x, total, m)
         return x.to(alpha.dtype)
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.fast:
+            return gamma.dirichlet_rows_grad(grad.float(), *ctx.saved_tensors).to(ctx.dtype), None
         a, g, x, total, m = ctx.saved_tensors
         grad = grad.float()
         grad_g = (grad - (grad * x).sum(-1, keepdim=True)) / total
-        grad_a = grad_g * standard_gamma_grad(a, g)
+        grad_a = grad_g * gamma.standard_gamma_grad(a, g)
         return (grad_a if m is None else grad_a * m).to(ctx.dtype), None
 
 
@@ -118,13 +136,18 @@ class _DirichletKL(torch.autograd.Function):
     ``KL = lgamma(A) - lgamma(B) + sum_j [lgamma(b_j) - lgamma(a_j) + (a_j - b_j) psi(a_j)] - (A - B) psi(A)``
     (A, B the row totals), so ``dKL/da_j = (a_j - b_j) psi'(a_j) - (A - B) psi'(A)`` and
     ``dKL/db_j = psi(b_j) - psi(B) - psi(a_j) + psi(A)``: two special-function passes
-    over the [B, H, T, T] rows where autograd's chain would take about twice as many.
+    over the [B, H, T, T] rows where autograd's chain would take about twice as many,
+    each one fused kernel on the CPU (``priors.gamma``).
     """
 
     @staticmethod
     def forward(ctx, a, b, m):
-        mask = (lambda t: t) if m is None else (lambda t: t * m)
         ctx.b_shape = b.shape
+        ctx.fast = gamma.is_fast(a, b)
+        if ctx.fast:
+            ctx.save_for_backward(a, b, m)
+            return gamma.dirichlet_kl(a, b, m)
+        mask = (lambda t: t) if m is None else (lambda t: t * m)
         b = _compact(b)  # a symmetric prior's concentration is one number expanded: take lgamma of it once
         b_sum = b.expand(*b.shape[:-1], a.shape[-1]).sum(-1) if m is None else mask(b.expand_as(a)).sum(-1)
         a_sum = mask(a).sum(-1)
@@ -135,6 +158,10 @@ class _DirichletKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.fast:
+            a, b, m = ctx.saved_tensors
+            grad_a, grad_b = gamma.dirichlet_kl_grad(grad, a, b, m, ctx.needs_input_grad[1])
+            return grad_a, (None if grad_b is None else grad_b.sum_to_size(ctx.b_shape)), None
         a, b, m, a_sum, b_sum, psi_a = ctx.saved_tensors
         mask = (lambda t: t) if m is None else (lambda t: t * m)
         grad = grad[..., None]
