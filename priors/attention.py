@@ -9,7 +9,8 @@ no real key) are absent: they sample as zeros and add nothing to densities or KL
 
 Two families: ``dirichlet`` priors return a distribution over the normalized
 rows; ``bam`` priors (Bayesian Attention Modules, Fan et al. 2020) return a Gamma
-over unnormalized positive weights that the model normalizes after sampling.
+(``MaskedGamma``) over unnormalized positive weights that the model normalizes after
+sampling.
 """
 import math
 
@@ -193,9 +194,156 @@ def _kl_masked_dirichlet(p, q):
 @register_kl(Weibull, Gamma)
 def _kl_weibull_gamma(p, q):
     """KL(Weibull(k, lam) || Gamma(alpha, beta)), as in Bayesian Attention Modules (Fan et al. 2020)."""
-    k, lam, alpha, beta = p.concentration, p.scale, q.concentration, q.rate
-    return (torch.log(k) - alpha * torch.log(lam) - EULER + alpha * EULER / k - 1
-            - alpha * torch.log(beta) + torch.lgamma(alpha) + beta * lam * torch.exp(torch.lgamma(1 + 1 / k)))
+    return _weibull_gamma_terms(p.concentration, p.scale.log(), q.concentration, q.rate)
+
+
+def _weibull_gamma_terms(k, log_scale, alpha, beta):
+    """Elementwise KL(Weibull(k, exp(log_scale)) || Gamma(alpha, beta)) in torch ops."""
+    return (torch.log(k) - alpha * log_scale - EULER + alpha * EULER / k - 1 - alpha * torch.log(beta)
+            + torch.lgamma(alpha) + beta * log_scale.exp() * torch.exp(torch.lgamma(1 + 1 / k)))
+
+
+class _AttentionWeights(dist.TorchDistribution):
+    """Independent positive weights over an attention site's [..., H, T, T] entries where ``mask`` is True.
+
+    The last three dimensions are the event (one attention site of one sequence); entries where
+    ``mask`` is False are left out of densities and KLs (their values are drawn but never used).
+    """
+
+    support = constraints.positive
+
+    def _setup(self, shape, mask):
+        self.mask = mask
+        super().__init__(shape[:-3], shape[-3:], validate_args=False)
+
+    def _masked_sum(self, t):
+        t = t if self.mask is None else torch.where(self.mask, t, torch.zeros_like(t))
+        return t.sum((-1, -2, -3))
+
+
+class MaskedWeibull(_AttentionWeights):
+    """BAM's posterior: weights ``~ Weibull(concentration, exp(log_scale))`` over an attention site's entries.
+
+    Parameterized by ``log_scale`` so that tiny weights never underflow before they are used. On the
+    CPU a draw is one fused pass of ``priors.gamma`` (``exp(log_scale) E^(1/k)``, E exponential),
+    and the KL to ``MaskedGamma`` is one fused pass per direction; elsewhere torch ops.
+    """
+
+    arg_constraints = {"log_scale": constraints.real, "concentration": constraints.positive}
+    has_rsample = True
+
+    def __init__(self, log_scale, concentration, mask=None, validate_args=False):
+        self.log_scale, self.concentration = log_scale, concentration
+        shape = torch.broadcast_shapes(log_scale.shape, concentration.shape, *([] if mask is None else [mask.shape]))
+        self._setup(shape, mask)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(MaskedWeibull, _instance)
+        shape = torch.Size(batch_shape) + self.event_shape
+        new.log_scale, new.concentration = self.log_scale.expand(shape), self.concentration
+        new._setup(shape, self.mask)
+        return new
+
+    @property
+    def mean(self):
+        return torch.exp(self.log_scale + torch.lgamma(1 + 1 / self.concentration))
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        log_scale, k = self.log_scale.expand(shape), self.concentration.expand(shape)
+        if gamma.is_fast(log_scale, k):
+            inv_k = (1 / k[..., :1]).reshape(-1)  # k is constant along keys
+            rows = log_scale.reshape(-1, shape[-1])
+            if torch.is_grad_enabled() and (log_scale.requires_grad or inv_k.requires_grad):
+                return _WeibullDraw.apply(rows, inv_k).view(shape)
+            return gamma.weibull_draws(rows, inv_k)[0].view(shape)
+        e = torch.empty_like(log_scale).exponential_()
+        return torch.exp(log_scale + e.log() / k)
+
+    def log_prob(self, value):
+        k, z = self.concentration, value.log() - self.log_scale
+        return self._masked_sum(torch.log(k) - self.log_scale + (k - 1) * z - torch.exp(k * z))
+
+
+class MaskedGamma(_AttentionWeights):
+    """BAM's prior: weights ``~ Gamma(concentration, rate)`` over an attention site's entries."""
+
+    arg_constraints = {"concentration": constraints.positive, "rate": constraints.positive}
+
+    def __init__(self, concentration, rate, mask=None, validate_args=False):
+        self.concentration, self.rate = concentration, rate
+        shape = torch.broadcast_shapes(concentration.shape, rate.shape, *([] if mask is None else [mask.shape]))
+        self._setup(shape, mask)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(MaskedGamma, _instance)
+        shape = torch.Size(batch_shape) + self.event_shape
+        new.concentration, new.rate = self.concentration.expand(shape), self.rate.expand(shape)
+        new._setup(shape, self.mask)
+        return new
+
+    @property
+    def mean(self):
+        return (self.concentration / self.rate).expand(self.batch_shape + self.event_shape)
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            alpha = self.concentration.expand(shape)
+            return (gamma.standard_gamma(alpha.float()).to(alpha.dtype) / self.rate.expand(shape))
+
+    def log_prob(self, value):
+        a, b = self.concentration, self.rate
+        return self._masked_sum(a * torch.log(b) - torch.lgamma(a) + (a - 1) * value.log() - b * value)
+
+
+class _WeibullDraw(torch.autograd.Function):
+    """Weibull rows ``exp(log_scale) E^(1/k)`` (fast kernels), differentiable in log_scale and 1/k."""
+
+    @staticmethod
+    def forward(ctx, log_scale, inv_k):
+        x, t = gamma.weibull_draws(log_scale, inv_k)
+        ctx.save_for_backward(x, t, inv_k)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return gamma.weibull_draws_grad(grad, *ctx.saved_tensors)
+
+
+class _WeibullGammaKL(torch.autograd.Function):
+    """Row sums of KL(Weibull || Gamma) with a hand-written backward (fast kernels); see ``weibull_gamma_kl``."""
+
+    @staticmethod
+    def forward(ctx, log_scale, k, alpha, beta, mask, per):
+        ctx.save_for_backward(log_scale, k, alpha, beta, mask)
+        ctx.per = per
+        return gamma.weibull_gamma_kl(log_scale, k, alpha, per, beta, mask)
+
+    @staticmethod
+    def backward(ctx, grad):
+        log_scale, k, alpha, beta, mask = ctx.saved_tensors
+        grads = gamma.weibull_gamma_kl_grad(grad, log_scale, k, alpha, ctx.per, beta, mask)
+        return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None)
+
+
+@register_kl(MaskedWeibull, MaskedGamma)
+def _kl_masked_weibull_gamma(p, q):
+    """Closed form summed over the real entries of the site (both share the mask, as a site's posterior and
+    prior do). The fast kernels need k constant along keys and queries' rates constant along keys
+    (BAM's are): they keep a prior that depends on the keys alone once per head, not per query."""
+    shape = p.batch_shape + p.event_shape
+    log_scale, k = p.log_scale.expand(shape), p.concentration.expand(shape)
+    alpha, beta = q.concentration.expand(shape), q.rate.expand(shape)
+    if gamma.is_fast(log_scale, k, alpha, beta) and k.stride(-1) == 0 and beta.stride(-1) == 0:
+        width = shape[-1]
+        per = shape[-2] if alpha.stride(-2) == 0 else 1  # a prior that depends on the keys alone
+        alpha_rows = (alpha[..., :1, :] if per > 1 else alpha).reshape(-1, width)
+        mask = None if p.mask is None else p.mask.expand(shape).reshape(-1, width)
+        rows = _WeibullGammaKL.apply(log_scale.reshape(-1, width), k[..., 0].reshape(-1), alpha_rows,
+                                     beta[..., 0].reshape(-1), mask, per)
+        return rows.view(shape[:-1]).sum((-1, -2))
+    return p._masked_sum(_weibull_gamma_terms(k, log_scale, alpha, beta))
 
 
 def real_keys(mask, keys):
@@ -298,9 +446,7 @@ class GammaAttention(AttentionPrior):
         keys, mask, shape = self.context(site)
         n = real_keys(mask, keys).clamp_min(1)
         pi = key_scores(keys, mask).exp() if self.contextual else 1 / n
-        alpha, beta = (self.strength * n * pi + self.floor).expand(shape), (self.strength * n).expand(shape)
-        prior = dist.Gamma(alpha, beta)
-        return (prior if mask is None else prior.mask(mask)).to_event(3)
+        return MaskedGamma((self.strength * n * pi + self.floor).expand(shape), (self.strength * n).expand(shape), mask)
 
     def spec(self):
         return format_spec(self.name, {"strength": self.strength, "floor": self.floor,

@@ -85,10 +85,11 @@ def _numpy(t):
     return t.detach().numpy()
 
 
-def _run_rows(kernel, rows, width, make_args):
-    """``kernel(*make_args(start, stop))`` over row ranges [start, stop), one per intra-op thread."""
+def _run_rows(kernel, rows, width, make_args, align=1):
+    """``kernel(*make_args(start, stop))`` over row ranges [start, stop), one per intra-op thread; range
+    boundaries fall on multiples of ``align``."""
     parts = max(1, min(torch.get_num_threads(), rows * width // MIN_PART))
-    bounds = [rows * i // parts for i in range(parts + 1)]
+    bounds = [min(rows, -(-rows // align * i // parts) * align) for i in range(parts + 1)]
     jobs = [(bounds[i], bounds[i + 1]) for i in range(parts) if bounds[i + 1] > bounds[i]]
     futures = [_pool().submit(kernel, *make_args(*job)) for job in jobs[1:]]
     kernel(*make_args(*jobs[0]))
@@ -201,3 +202,53 @@ def dirichlet_kl_grad(grad, a, b, mask, want_b):
         g[start:stop], a_rows[start:stop], b_rows if b_rows.shape[0] == 1 else b_rows[start:stop], m[start:stop],
         ga[start:stop], gb[start:stop] if want_b else gb))
     return grad_a, (grad_b if want_b else None)
+
+
+# Bayesian Attention Modules: Weibull draws and KL(Weibull || Gamma) over rows (fast backend).
+
+def weibull_draws(log_scale, inv_k):
+    """Weibull draws ``exp(log_scale) E^(1/k)`` for rows [R, K] of ``log_scale`` and ``inv_k`` = 1/k [R];
+    returns the draws and ``log(E)/k`` for ``weibull_draws_grad``."""
+    ls, ik = log_scale.detach().contiguous(), inv_k.detach().contiguous()
+    x, t = torch.empty_like(ls), torch.empty_like(ls)
+    a, b, xs, ts, key = _numpy(ls), _numpy(ik), _numpy(x), _numpy(t), _key()
+    _run_rows(kernels().weibull_draws, a.shape[0], a.shape[1],
+              lambda start, stop: (a[start:stop], b[start:stop], key, start, xs[start:stop], ts[start:stop]))
+    return x, t
+
+
+def weibull_draws_grad(grad, x, t, inv_k):
+    """Gradients of ``weibull_draws`` with respect to log_scale [R, K] and inv_k [R]."""
+    g = grad.contiguous()
+    grad_ls, grad_ik = torch.empty_like(x), torch.empty_like(inv_k)
+    gs, xs, ts, ik, o1, o2 = (_numpy(v) for v in (g, x, t, inv_k, grad_ls, grad_ik))
+    _run_rows(kernels().weibull_draws_grad, gs.shape[0], gs.shape[1], lambda start, stop: (
+        gs[start:stop], xs[start:stop], ts[start:stop], ik[start:stop], o1[start:stop], o2[start:stop]))
+    return grad_ls, grad_ik
+
+
+def weibull_gamma_kl(log_scale, k, alpha, per, beta, mask):
+    """Row sums [R] of KL(Weibull(k, exp(log_scale)) || Gamma(alpha, beta)) over real entries; rows [R, K] of
+    ``log_scale``, ``k`` and ``beta`` per row, ``alpha`` [R / per, K] shared by ``per`` consecutive rows."""
+    ls, ks, al, bs = (_numpy(v.detach().contiguous()) for v in (log_scale, k, alpha, beta))
+    m = _mask_array(mask, log_scale.shape)
+    out = np.empty(ls.shape[0])
+    _run_rows(kernels().weibull_gamma_kl, ls.shape[0], ls.shape[1], lambda start, stop: (
+        ls[start:stop], ks[start:stop], al[start // per:-(-stop // per)], per, bs[start:stop], m[start:stop],
+        out[start:stop]), align=per)
+    return torch.from_numpy(out).to(log_scale.dtype)
+
+
+def weibull_gamma_kl_grad(grad, log_scale, k, alpha, per, beta, mask):
+    """Gradients of ``weibull_gamma_kl`` for row gradients ``grad`` [R]: (log_scale, k, alpha, beta)."""
+    ls, ks, al, bs = (_numpy(v.detach().contiguous()) for v in (log_scale, k, alpha, beta))
+    g = _numpy(grad.detach().float().contiguous())
+    m = _mask_array(mask, log_scale.shape)
+    g_ls, g_alpha = torch.empty(ls.shape), torch.zeros(al.shape)
+    g_k, g_beta = torch.empty(ks.shape, dtype=torch.float64), torch.empty(bs.shape, dtype=torch.float64)
+    o_ls, o_k, o_alpha, o_beta = (_numpy(v) for v in (g_ls, g_k, g_alpha, g_beta))
+    _run_rows(kernels().weibull_gamma_kl_grad, ls.shape[0], ls.shape[1], lambda start, stop: (
+        g[start:stop], ls[start:stop], ks[start:stop], al[start // per:-(-stop // per)], per, bs[start:stop],
+        m[start:stop], o_ls[start:stop], o_k[start:stop], o_alpha[start // per:-(-stop // per)], o_beta[start:stop]),
+        align=per)
+    return g_ls, g_k.float(), g_alpha, g_beta.float()

@@ -31,8 +31,8 @@ lgamma/digamma/trigamma from ``priors.vector_math``.
 import numba
 import numpy as np
 
-from .vector_math import (F, GOLDEN, ONE, SHIFT32, TWO, ZERO, cos_quarter, digamma, digamma64, digamma_shifted, exp,
-                          lgamma64, lgamma_digamma, log, mix, sqrt, trigamma, trigamma64, uniform)
+from .vector_math import (F, GOLDEN, HALF, ONE, SHIFT32, TWO, ZERO, cos_quarter, digamma, digamma64, digamma_shifted,
+                          exp, lgamma64, lgamma_digamma, log, mix, sqrt, trigamma, trigamma64, uniform)
 
 kernel = numba.njit(nogil=True, error_model="numpy", cache=True)
 inline = numba.njit(inline="always", error_model="numpy")
@@ -169,7 +169,8 @@ def gamma_grad(a, x):
     # Series of the regularized incomplete gamma function, for x < 0.8:
     # -x e^x ((log x - psi(a)) S1 - S2), S1 = sum c_i / (a + i), S2 = sum c_i / (a + i)^2, c_i = (-x)^i / i!.
     # With psi(a) = psi(a + 1) - 1/a, the 1/a^2 terms of the product and of S2 cancel exactly and are left out.
-    r0, r1, r2, r3, r4, r5 = ONE / a, ONE / (a + ONE), ONE / (a + TWO), ONE / (a + _THREE), ONE / (a + _FOUR), ONE / (a + _FIVE)
+    r0, r1, r2 = ONE / a, ONE / (a + ONE), ONE / (a + TWO)
+    r3, r4, r5 = ONE / (a + _THREE), ONE / (a + _FOUR), ONE / (a + _FIVE)
     c1 = -x
     c2 = c1 * (-x * _I2)
     c3 = c2 * (-x * _I3)
@@ -364,3 +365,118 @@ def dirichlet_kl_grad(grad, a, b, mask, grad_a, grad_b):
             if masked:
                 for j in range(width):
                     grad_b[r, j] = grad_b[r, j] if mask[r, j] else ZERO
+
+
+# Bayesian Attention Modules: Weibull weights (posterior), Gamma prior.
+_HALF_WORD = np.uint64(1) << np.uint64(31)
+_WORD = np.uint64(0xFFFFFFFF)
+_EULER = F(0.5772156649015329)
+
+
+@inline
+def _log_exponential(h):
+    """log E for E ~ Exponential(1) from the low 32 bits of ``h``: E = -log1p(-v) for one half of the
+    words and -log(v) for the other, v in (0, 1/2], so E is accurate at both ends (no 0, no inf)."""
+    low = (h & _WORD) < _HALF_WORD
+    v = (F(np.uint32(np.minimum(h & _WORD, _WORD - (h & _WORD)))) + HALF) * F(2.0 ** -32)
+    w = ONE - v
+    log1p = log(w) * (-v) / (w - ONE) if w != ONE else -v  # log1p(-v) (Goldberg)
+    return log(-log1p if low else -log(v))
+
+
+@kernel
+def weibull_draws(log_scale, inv_k, key, first_row, x, t):
+    """Weibull draws ``x = exp(log_scale + t)``, ``t = log(E) / k`` for rows of ``log_scale`` [R, K] with
+    ``inv_k`` = 1/k per row; ``t`` is kept for the backward pass."""
+    rows, width = log_scale.shape
+    for r in range(rows):
+        base = key + np.uint64((first_row + r) * width) * GOLDEN
+        ik = inv_k[r]
+        for j in range(width):
+            tj = _log_exponential(mix(base + np.uint64(j) * GOLDEN)) * ik
+            t[r, j] = tj
+            x[r, j] = exp(log_scale[r, j] + tj)
+
+
+@kernel
+def weibull_draws_grad(grad, x, t, inv_k, grad_log_scale, grad_inv_k):
+    """Backward of ``weibull_draws``: dx/dlog_scale = x, dx/d(1/k) = x log E = x t k (summed per row)."""
+    _, scratch, _, _ = _rows4(grad.shape[1])
+    for r in range(grad.shape[0]):
+        for j in range(grad.shape[1]):
+            gx = grad[r, j] * x[r, j]
+            grad_log_scale[r, j] = gx
+            scratch[j] = gx * t[r, j]
+        grad_inv_k[r] = F(_sum(scratch)) / inv_k[r]
+
+
+@inline
+def _bam_row(log_scale, alpha_row, lg_alpha, mask, r, masked, s_alpha, s_lg, s_al, s_e, real):
+    """Row sums of the real entries: (sum alpha, sum lgamma(alpha), sum alpha log_scale, sum exp(log_scale), n)."""
+    width = log_scale.shape[1]
+    for j in range(width):
+        keep = not masked or mask[r, j] != 0
+        a, ell = alpha_row[j], log_scale[r, j]
+        s_alpha[j] = a if keep else ZERO
+        s_lg[j] = lg_alpha[j] if keep else ZERO
+        s_al[j] = a * ell if keep else ZERO
+        s_e[j] = exp(ell) if keep else ZERO
+        real[j] = ONE if keep else ZERO
+    return _sum(s_alpha), _sum(s_lg), _sum(s_al), _sum(s_e), _sum(real)
+
+
+@kernel
+def weibull_gamma_kl(log_scale, k, alpha, per, beta, mask, out):
+    """Row sums of KL(Weibull(k, exp(log_scale)) || Gamma(alpha, beta)) over the real entries, into ``out`` [R].
+
+    ``k`` and ``beta`` are per row [R]; row r uses ``alpha[r // per]`` ([R / per, K]), so a prior that
+    depends on the keys alone is stored once per sequence and head. Per entry (Fan et al. 2020):
+    ``log k - euler - 1 + alpha (euler/k - log beta) + lgamma(alpha) - alpha log_scale + beta G e^log_scale``
+    with ``G = Gamma(1 + 1/k)``.
+    """
+    rows, width = log_scale.shape
+    masked = mask.shape[0] > 0
+    lg_alpha, s_alpha, s_lg, s_al = _rows4(width)
+    s_e, real, _, _ = _rows4(width)
+    current = -1
+    for r in range(rows):
+        if r // per != current:
+            current = r // per
+            for j in range(width):
+                lg_alpha[j] = lgamma_digamma(alpha[current, j])[0]
+        sa, slg, sal, se, n = _bam_row(log_scale, alpha[current], lg_alpha, mask, r, masked, s_alpha, s_lg, s_al,
+                                       s_e, real)
+        kr, br = np.float64(k[r]), np.float64(beta[r])
+        g = np.exp(lgamma64(1.0 + 1.0 / kr))
+        out[r] = (n * (np.log(kr) - 0.5772156649015329 - 1.0) + (0.5772156649015329 / kr - np.log(br)) * sa
+                  + slg - sal + br * g * se)
+
+
+@kernel
+def weibull_gamma_kl_grad(grad, log_scale, k, alpha, per, beta, mask, g_log_scale, g_k, g_alpha, g_beta):
+    """Backward of ``weibull_gamma_kl`` for row gradients ``grad`` [R]. ``g_alpha`` ([R / per, K], zeroed by
+    the caller) accumulates over the rows that share an alpha row; ``g_k``, ``g_beta`` are per row."""
+    rows, width = log_scale.shape
+    masked = mask.shape[0] > 0
+    lg_alpha, psi_alpha, s_alpha, s_lg = _rows4(width)
+    s_al, s_e, real, _ = _rows4(width)
+    current = -1
+    for r in range(rows):
+        if r // per != current:
+            current = r // per
+            for j in range(width):
+                lg_alpha[j], psi_alpha[j] = lgamma_digamma(alpha[current, j])
+        sa, slg, sal, se, n = _bam_row(log_scale, alpha[current], lg_alpha, mask, r, masked, s_alpha, s_lg, s_al,
+                                       s_e, real)
+        kr, br, gr = np.float64(k[r]), np.float64(beta[r]), np.float64(grad[r])
+        inv_k = 1.0 / kr
+        g = np.exp(lgamma64(1.0 + inv_k))
+        dg_dk = -g * digamma64(1.0 + inv_k) * inv_k * inv_k
+        g_k[r] = gr * (n * inv_k - 0.5772156649015329 * inv_k * inv_k * sa + br * dg_dk * se)
+        g_beta[r] = gr * (-sa / br + g * se)
+        scale, shift = F(gr * br * g), F(0.5772156649015329 * inv_k - np.log(br))
+        grf = F(gr)
+        for j in range(width):
+            ell = log_scale[r, j]
+            g_log_scale[r, j] = scale * exp(ell) - grf * alpha[current, j] if real[j] != ZERO else ZERO
+            g_alpha[current, j] += grf * (shift + psi_alpha[j] - ell) if real[j] != ZERO else ZERO
