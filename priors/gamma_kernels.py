@@ -370,7 +370,7 @@ def dirichlet_kl_grad(grad, a, b, mask, grad_a, grad_b):
 # Bayesian Attention Modules: Weibull weights (posterior), Gamma prior.
 _HALF_WORD = np.uint64(1) << np.uint64(31)
 _WORD = np.uint64(0xFFFFFFFF)
-_EULER = F(0.5772156649015329)
+_EULER64 = 0.5772156649015329
 
 
 @inline
@@ -380,8 +380,9 @@ def _log_exponential(h):
     low = (h & _WORD) < _HALF_WORD
     v = (F(np.uint32(np.minimum(h & _WORD, _WORD - (h & _WORD)))) + HALF) * F(2.0 ** -32)
     w = ONE - v
-    log1p = log(w) * (-v) / (w - ONE) if w != ONE else -v  # log1p(-v) (Goldberg)
-    return log(-log1p if low else -log(v))
+    log_arg = log(w if low else v)
+    exponential = (-log_arg * v / (ONE - w) if w != ONE else v) if low else -log_arg  # -log1p(-v) by Goldberg
+    return log(exponential)
 
 
 @kernel
@@ -415,14 +416,24 @@ def _bam_row(log_scale, alpha_row, lg_alpha, mask, r, masked, s_alpha, s_lg, s_a
     """Row sums of the real entries: (sum alpha, sum lgamma(alpha), sum alpha log_scale, sum exp(log_scale), n)."""
     width = log_scale.shape[1]
     for j in range(width):
-        keep = not masked or mask[r, j] != 0
         a, ell = alpha_row[j], log_scale[r, j]
-        s_alpha[j] = a if keep else ZERO
-        s_lg[j] = lg_alpha[j] if keep else ZERO
-        s_al[j] = a * ell if keep else ZERO
-        s_e[j] = exp(ell) if keep else ZERO
+        s_alpha[j], s_lg[j], s_al[j], s_e[j] = a, lg_alpha[j], a * ell, exp(ell)
+    if not masked:
+        return _sum(s_alpha), _sum(s_lg), _sum(s_al), _sum(s_e), np.float64(width)
+    for j in range(width):  # a separate loop: a branch on the mask inside the first would keep it scalar
+        keep = mask[r, j] != 0
+        s_alpha[j], s_lg[j], s_al[j], s_e[j] = (s_alpha[j] if keep else ZERO, s_lg[j] if keep else ZERO,
+                                                s_al[j] if keep else ZERO, s_e[j] if keep else ZERO)
         real[j] = ONE if keep else ZERO
     return _sum(s_alpha), _sum(s_lg), _sum(s_al), _sum(s_e), _sum(real)
+
+
+@inline
+def _per_head(k):
+    """(log k, G = Gamma(1 + 1/k), dG/dk) in float64 for a row's Weibull shape k."""
+    inv_k = 1.0 / k
+    g = np.exp(lgamma64(1.0 + inv_k))
+    return np.log(k), g, -g * digamma64(1.0 + inv_k) * inv_k * inv_k
 
 
 @kernel
@@ -432,13 +443,15 @@ def weibull_gamma_kl(log_scale, k, alpha, per, beta, mask, out):
     ``k`` and ``beta`` are per row [R]; row r uses ``alpha[r // per]`` ([R / per, K]), so a prior that
     depends on the keys alone is stored once per sequence and head. Per entry (Fan et al. 2020):
     ``log k - euler - 1 + alpha (euler/k - log beta) + lgamma(alpha) - alpha log_scale + beta G e^log_scale``
-    with ``G = Gamma(1 + 1/k)``.
+    with ``G = Gamma(1 + 1/k)``. Functions of k and beta are computed when they change from one row to the
+    next (k is one per head, beta one per sequence).
     """
     rows, width = log_scale.shape
     masked = mask.shape[0] > 0
     lg_alpha, s_alpha, s_lg, s_al = _rows4(width)
     s_e, real, _, _ = _rows4(width)
-    current = -1
+    current, last_k, last_beta = -1, np.nan, np.nan
+    log_k = g = log_beta = 0.0
     for r in range(rows):
         if r // per != current:
             current = r // per
@@ -447,9 +460,12 @@ def weibull_gamma_kl(log_scale, k, alpha, per, beta, mask, out):
         sa, slg, sal, se, n = _bam_row(log_scale, alpha[current], lg_alpha, mask, r, masked, s_alpha, s_lg, s_al,
                                        s_e, real)
         kr, br = np.float64(k[r]), np.float64(beta[r])
-        g = np.exp(lgamma64(1.0 + 1.0 / kr))
-        out[r] = (n * (np.log(kr) - 0.5772156649015329 - 1.0) + (0.5772156649015329 / kr - np.log(br)) * sa
-                  + slg - sal + br * g * se)
+        if kr != last_k:
+            log_k, g, _ = _per_head(kr)
+            last_k = kr
+        if br != last_beta:
+            log_beta, last_beta = np.log(br), br
+        out[r] = (n * (log_k - _EULER64 - 1.0) + (_EULER64 / kr - log_beta) * sa + slg - sal + br * g * se)
 
 
 @kernel
@@ -459,8 +475,9 @@ def weibull_gamma_kl_grad(grad, log_scale, k, alpha, per, beta, mask, g_log_scal
     rows, width = log_scale.shape
     masked = mask.shape[0] > 0
     lg_alpha, psi_alpha, s_alpha, s_lg = _rows4(width)
-    s_al, s_e, real, _ = _rows4(width)
-    current = -1
+    s_al, s_e, real, contribution = _rows4(width)
+    current, last_k, last_beta = -1, np.nan, np.nan
+    g = dg_dk = log_beta = 0.0
     for r in range(rows):
         if r // per != current:
             current = r // per
@@ -469,14 +486,23 @@ def weibull_gamma_kl_grad(grad, log_scale, k, alpha, per, beta, mask, g_log_scal
         sa, slg, sal, se, n = _bam_row(log_scale, alpha[current], lg_alpha, mask, r, masked, s_alpha, s_lg, s_al,
                                        s_e, real)
         kr, br, gr = np.float64(k[r]), np.float64(beta[r]), np.float64(grad[r])
+        if kr != last_k:
+            _, g, dg_dk = _per_head(kr)
+            last_k = kr
+        if br != last_beta:
+            log_beta, last_beta = np.log(br), br
         inv_k = 1.0 / kr
-        g = np.exp(lgamma64(1.0 + inv_k))
-        dg_dk = -g * digamma64(1.0 + inv_k) * inv_k * inv_k
-        g_k[r] = gr * (n * inv_k - 0.5772156649015329 * inv_k * inv_k * sa + br * dg_dk * se)
+        g_k[r] = gr * (n * inv_k - _EULER64 * inv_k * inv_k * sa + br * dg_dk * se)
         g_beta[r] = gr * (-sa / br + g * se)
-        scale, shift = F(gr * br * g), F(0.5772156649015329 * inv_k - np.log(br))
-        grf = F(gr)
+        scale, shift, grf = F(gr * br * g), F(_EULER64 * inv_k - log_beta), F(gr)
         for j in range(width):
             ell = log_scale[r, j]
-            g_log_scale[r, j] = scale * exp(ell) - grf * alpha[current, j] if real[j] != ZERO else ZERO
-            g_alpha[current, j] += grf * (shift + psi_alpha[j] - ell) if real[j] != ZERO else ZERO
+            g_log_scale[r, j] = scale * exp(ell) - grf * alpha[current, j]
+            contribution[j] = grf * (shift + psi_alpha[j] - ell)
+        if masked:
+            for j in range(width):
+                keep = mask[r, j] != 0
+                g_log_scale[r, j] = g_log_scale[r, j] if keep else ZERO
+                contribution[j] = contribution[j] if keep else ZERO
+        for j in range(width):
+            g_alpha[current, j] += contribution[j]
