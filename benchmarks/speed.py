@@ -3,24 +3,50 @@
 The workload of issue 2: d_model 64, depth 2, 4 heads, sequence length 64, batch
 64, float32, 2 threads. A method's step time is the marginal cost of the
 library's own ``inference.fit`` loop, (time of fit with k2 steps - time with k1
-steps) / (k2 - k1), so set-up is excluded and nothing is re-implemented here. Plain
-PyTorch and each method are timed in alternating rounds and the median ratio is
-reported, since the machines are noisy.
+steps) / (k2 - k1), so set-up is excluded and nothing is re-implemented here.
+
+Every figure is a ratio measured against its peer in the same round; the rounds
+visit every figure in turn (so a burst of load on a shared machine hits them all
+alike) and each figure reports its median over the rounds. Figures live in a
+registry, ``FIGURES``: a new one is a function of (steps) returning one round's
+ratio, registered with ``@figure(name, target, note)``.
+
+    python -m benchmarks.speed                      # or: bzoo bench speed
+    python -m benchmarks.speed --only dirichlet_step_ratio,bam_step_ratio --rounds 9
 """
 import argparse
 import json
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 from torch.distributions import kl_divergence
 
 from inference import fit
-from priors import MaskedDirichlet
+from priors import MaskedDirichlet, gamma
 from zoo import TransformerClassifier
 from zoo.models.plain import PlainTransformer, train_step
 
 WORKLOAD = {"d_model": 64, "depth": 2, "heads": 4, "seq_len": 64, "batch": 64}
+
+
+@dataclass
+class Figure:
+    one_round: object  # steps -> the ratio measured in one round
+    target: tuple = None  # (">=" or "<=", value), or None for a figure reported without a target
+    note: str = ""
+
+
+FIGURES = {}
+
+
+def figure(name, target=None, note=""):
+    """Register ``fn(steps) -> ratio`` as the figure ``name`` (``target`` such as ``("<=", 1.6)``)."""
+    def register(fn):
+        FIGURES[name] = Figure(fn, target, note)
+        return fn
+    return register
 
 
 def _data(seed=0):
@@ -62,16 +88,36 @@ def fit_step_seconds(guide, x, y, steps, bayes="weights", **options):
     return (times[1] - times[0]) / steps
 
 
-def step_ratio(guide, rounds, steps, bayes="weights", **options):
+def step_ratio(guide, steps, bayes="weights", **options):
+    """One round: a fit step of ``guide`` over the plain step, timed back to back."""
     x, y = _data()
-    ratios = []
-    for _ in range(rounds):
-        plain = plain_step_seconds(x, y, steps)
-        ratios.append(fit_step_seconds(guide, x, y, steps, bayes, **options) / plain)
-    return statistics.median(ratios)
+    plain = plain_step_seconds(x, y, steps)
+    return fit_step_seconds(guide, x, y, steps, bayes, **options) / plain
 
 
-def dirichlet_sampling_ratio(rounds, steps):
+@figure("map_step_ratio", ("<=", 1.3))
+def map_step_ratio(steps):
+    return step_ratio("map", steps)
+
+
+@figure("mean_field_step_ratio", ("<=", 2.0))
+def mean_field_step_ratio(steps):
+    return step_ratio("mean_field", steps)
+
+
+@figure("dirichlet_step_ratio", ("<=", 1.6))
+def dirichlet_step_ratio(steps):
+    return step_ratio("dirichlet", steps, bayes="attention")
+
+
+@figure("dirichlet_torch_kernels_step_ratio", note="no target: dirichlet_step_ratio with torch's Gamma kernels")
+def dirichlet_torch_kernels_step_ratio(steps):
+    with gamma.backend("torch"):
+        return step_ratio("dirichlet", steps, bayes="attention")
+
+
+@figure("dirichlet_sampling_ratio", note="no target: the Dirichlet rows alone, drawn, KL and backward")
+def dirichlet_sampling_ratio(steps):
     """The Dirichlet attention's own cost, alone: rows drawn, their KL to the prior, and the backward of both.
 
     One draw per layer of the workload's [B, H, T, T] rows (Gamma sampling, implicit
@@ -90,62 +136,57 @@ def dirichlet_sampling_ratio(rounds, steps):
             q = MaskedDirichlet(100 * logits.softmax(-1) + 0.1).to_event(2)
             ((q.rsample() * weight).sum() + kl_divergence(q, prior).sum()).backward()
 
-    ratios = []
-    for _ in range(rounds):
-        plain = plain_step_seconds(x, y, steps)
-        ratios.append(seconds_per_call(step, steps) / plain)
-    return statistics.median(ratios)
+    plain = plain_step_seconds(x, y, steps)
+    return seconds_per_call(step, steps) / plain
 
 
-def predictive_vectorized_speedup(rounds, draws=32):
-    """Time of 32 single-draw predictions in a loop over one 32-draw vectorized prediction."""
+@figure("bam_step_ratio", ("<=", 1.3))
+def bam_step_ratio(steps):
+    return step_ratio("bam", steps, bayes="bam")
+
+
+@figure("predictive_vectorized_speedup", (">=", 1.5))
+def predictive_vectorized_speedup(steps, draws=32):
+    """Time of 32 single-draw predictions in a loop over one 32-draw prediction (chunked by ``inference.memory``)."""
     x, y = _data()
     posterior = fit(_model(), (x, y), guide="mean_field", steps=2, progress=False)
     posterior.predict(x, draws)
-    speedups = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        posterior.predict(x, draws)
-        batched = time.perf_counter() - started
-        started = time.perf_counter()
-        for _ in range(draws):
-            posterior.predict(x, 1)
-        speedups.append((time.perf_counter() - started) / batched)
-    return statistics.median(speedups)
+    started = time.perf_counter()
+    posterior.predict(x, draws)
+    batched = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(draws):
+        posterior.predict(x, 1)
+    return (time.perf_counter() - started) / batched
 
 
-def ensemble_batched_speedup(rounds, steps, num_members=5, batch_size=None):
+@figure("ensemble_batched_speedup", note="no target: 5 members in a loop over the 5 batched (> 1: batched is faster)")
+def ensemble_batched_speedup(steps, num_members=5, batch_size=None):
     """Seconds per step of ``num_members`` ensemble members fitted one after another, over the same members
     trained as one batched model (``fit(guide="ensemble", batched=True)``; minibatches go through vmap)."""
     x, y = _data()
-    ratios = []
-    for _ in range(rounds):
-        loop = fit_step_seconds("ensemble", x, y, steps, num_members=num_members, batched=False, batch_size=batch_size)
-        batched = fit_step_seconds("ensemble", x, y, steps, num_members=num_members, batched=True,
-                                   batch_size=batch_size)
-        ratios.append(loop / batched)
-    return statistics.median(ratios)
+    loop = fit_step_seconds("ensemble", x, y, steps, num_members=num_members, batched=False, batch_size=batch_size)
+    batched = fit_step_seconds("ensemble", x, y, steps, num_members=num_members, batched=True, batch_size=batch_size)
+    return loop / batched
 
 
-def measure(rounds=5, steps=20, threads=2):
+@figure("ensemble_batched_speedup_minibatch", note="the same with minibatches of 16, each member its own (vmap)")
+def ensemble_batched_speedup_minibatch(steps):
+    return ensemble_batched_speedup(steps, batch_size=16)
+
+
+def measure(rounds=5, steps=20, threads=2, only=None):
+    """Median over ``rounds`` of each figure (all of them, or the names in ``only``), rounds interleaved."""
     torch.set_num_threads(threads)
-    results = {
-        "map_step_ratio": step_ratio("map", rounds, steps),
-        "mean_field_step_ratio": step_ratio("mean_field", rounds, steps),
-        "dirichlet_step_ratio": step_ratio("dirichlet", rounds, steps, bayes="attention"),
-        "dirichlet_sampling_ratio": dirichlet_sampling_ratio(rounds, steps),
-        "predictive_vectorized_speedup": predictive_vectorized_speedup(rounds),
-        "ensemble_batched_speedup": ensemble_batched_speedup(rounds, steps),
-        "ensemble_batched_speedup_minibatch": ensemble_batched_speedup(rounds, steps, batch_size=16),
-    }
-    return results
-
-
-TARGETS = {"map_step_ratio": ("<=", 1.3), "mean_field_step_ratio": ("<=", 2.0),
-           "predictive_vectorized_speedup": (">=", 4.0), "dirichlet_step_ratio": ("<=", 1.6)}
-NOTES = {"dirichlet_sampling_ratio": "no target: the Dirichlet rows alone, drawn, KL and backward",
-         "ensemble_batched_speedup": "no target: 5 members in a loop over the 5 batched (> 1: batched is faster)",
-         "ensemble_batched_speedup_minibatch": "the same with minibatches of 16, each member its own (vmap)"}
+    names = list(FIGURES) if only is None else list(only)
+    unknown = [n for n in names if n not in FIGURES]
+    if unknown:
+        raise ValueError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
+    values = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            values[name].append(FIGURES[name].one_round(steps))
+    return {name: statistics.median(v) for name, v in values.items()}
 
 
 def main(argv=None):
@@ -153,17 +194,23 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", metavar="NAMES", help=f"comma-separated figures (default all: {', '.join(FIGURES)})")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
-    results = measure(args.rounds, args.steps, args.threads)
-    print(f"workload: {WORKLOAD}, float32, {args.threads} threads, median of {args.rounds} rounds")
+    only = None if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+    try:
+        results = measure(args.rounds, args.steps, args.threads, only)
+    except ValueError as e:
+        parser.error(str(e))
+    print(f"workload: {WORKLOAD}, float32, {args.threads} threads, median of {args.rounds} interleaved rounds")
     for key, value in results.items():
-        if key in NOTES:
-            print(f"{key:32s} {value:6.2f}   ({NOTES[key]})")
+        spec = FIGURES[key]
+        if spec.target is None:
+            print(f"{key:36s} {value:6.2f}   ({spec.note})")
             continue
-        op, target = TARGETS[key]
+        op, target = spec.target
         met = value <= target if op == "<=" else value >= target
-        print(f"{key:32s} {value:6.2f}   target {op} {target}  {'met' if met else 'NOT MET'}")
+        print(f"{key:36s} {value:6.2f}   target {op} {target}  {'met' if met else 'NOT MET'}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

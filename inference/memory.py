@@ -9,7 +9,15 @@ cannot fit even one pair is refused before any work, with its estimate.
 
 The budget defaults to a fraction of the memory available on the device;
 ``BZOO_MEMORY_BUDGET`` (e.g. ``4G``, ``512M``) or ``set_budget`` override it.
+
+On the CPU a chunk is also kept near the cache (``cache_budget``): beyond a few
+times the last-level cache, every pair costs more because its activations stream
+from memory (measured on the bench speed workload, 1 thread, 32 MiB L3: 0.24 ms a
+pair at 512 pairs a chunk, 0.37 at 1024, 0.46 at 2048; ``docs/attention.md``), so
+one vectorized pass over 32 draws was slower than a loop of single draws. On a
+GPU only the memory budget applies: there large chunks are what vectorization is for.
 """
+import glob
 import math
 import os
 import re
@@ -20,6 +28,8 @@ import torch
 FRACTION = 0.5  # of the memory available when asked: room for the process's own tensors and the caller's
 ENV = "BZOO_MEMORY_BUDGET"
 FALLBACK_PAIR_BYTES = 1 << 16  # a model that cannot say: 64 KiB per (draw, input) pair
+CACHE_FACTOR = 4  # CPU chunks: estimated working set up to this many last-level caches (estimates run 1.5-5x high)
+FALLBACK_CACHE = 32 << 20  # last-level cache where the system does not say
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _budget = None
 
@@ -99,12 +109,31 @@ def draw_bytes(model):
     return int(estimate()) if estimate is not None else 0
 
 
+def last_level_cache():
+    """Bytes of the CPU's last-level cache (Linux sysfs), else ``FALLBACK_CACHE``."""
+    sizes = []
+    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            with open(os.path.join(index, "size")) as f:
+                sizes.append(parse_size(f.read().strip()))
+        except (OSError, MemoryBudgetError):
+            continue
+    return max(sizes, default=FALLBACK_CACHE)
+
+
+def cache_budget(device=None):
+    """The working set a prediction chunk should keep to on ``device``: ``CACHE_FACTOR`` last-level caches
+    on the CPU, None (no bound beyond the memory budget) elsewhere."""
+    return CACHE_FACTOR * last_level_cache() if torch.device(device or "cpu").type == "cpu" else None
+
+
 def plan(model, x, num_draws, limit=None):
     """``(draws, inputs)`` per chunk so that a chunk fits ``limit`` (default ``budget()`` on x's device).
 
     Draws go through together as long as every input batch can still hold at least
-    one input; beyond that the draws are split too. Refused (MemoryBudgetError)
-    when a single draw on a single input does not fit.
+    one input; beyond that the draws are split too. On the CPU chunks are sized to
+    ``cache_budget`` as well when that is smaller (never beyond ``limit``). Refused
+    (MemoryBudgetError) when a single draw on a single input does not fit ``limit``.
     """
     limit = budget(x.device) if limit is None else limit
     per_pair, per_draw = pair_bytes(model, x), draw_bytes(model)
@@ -112,6 +141,7 @@ def plan(model, x, num_draws, limit=None):
         raise MemoryBudgetError(
             f"one posterior draw on one input of length {x.shape[1]} needs about {_show(per_pair + per_draw)}, "
             f"more than the memory budget of {_show(limit)}; raise it ({ENV}) or use a smaller model or patch")
+    limit = min(limit, max(cache_budget(x.device) or limit, per_pair + per_draw))
     draws = max(1, min(num_draws, limit // (per_pair + per_draw)))
     inputs = max(1, min(x.shape[0], (limit - draws * per_draw) // (draws * per_pair)))
     return draws, inputs

@@ -1,5 +1,6 @@
 """Prior modules: objects that map a sample site to a Pyro distribution."""
-from .attention import AttentionPrior, GammaAttention, KeyDirichlet, MaskedDirichlet, SymmetricDirichlet
+from .attention import (AttentionPrior, GammaAttention, KeyDirichlet, MaskedDirichlet, MaskedGamma, MaskedWeibull,
+                        SymmetricDirichlet)
 from .base import Prior, PriorError, Site
 from .empirical import Empirical
 from .hierarchical import HierarchicalGaussian
@@ -9,4 +10,5 @@ from .weight import Gaussian, Laplace, StudentT
 
 __all__ = ["Prior", "PriorError", "Site", "Gaussian", "Laplace", "StudentT",
            "HierarchicalGaussian", "Empirical", "PriorMap", "parse", "register",
-           "AttentionPrior", "SymmetricDirichlet", "KeyDirichlet", "GammaAttention", "MaskedDirichlet"]
+           "AttentionPrior", "SymmetricDirichlet", "KeyDirichlet", "GammaAttention", "MaskedDirichlet",
+           "MaskedWeibull", "MaskedGamma"]

@@ -9,7 +9,8 @@ no real key) are absent: they sample as zeros and add nothing to densities or KL
 
 Two families: ``dirichlet`` priors return a distribution over the normalized
 rows; ``bam`` priors (Bayesian Attention Modules, Fan et al. 2020) return a Gamma
-over unnormalized positive weights that the model normalizes after sampling.
+(``MaskedGamma``) over unnormalized positive weights that the model normalizes after
+sampling.
 """
 import math
 
@@ -18,8 +19,8 @@ import torch
 from pyro.distributions import constraints
 from torch.distributions import Gamma, Weibull, register_kl
 
+from . import gamma
 from .base import Prior, PriorError, flag, format_spec, positive
-from .gamma import standard_gamma, standard_gamma_grad
 from .spec import register
 
 EULER = 0.5772156649015329
@@ -31,9 +32,10 @@ class MaskedDirichlet(dist.TorchDistribution):
     ``mask=None`` means every entry is real (the fast path: no masking work at all).
     Sampled as normalized Gamma variates (how torch's ``Dirichlet.rsample`` samples),
     so gradients reach the concentration by implicit reparameterization (torch's
-    ``_standard_gamma_grad``, spread over threads by ``priors.gamma``). Sampling runs
-    in float32 whatever the input dtype: half precision Gamma sampling underflows
-    and float64 buys nothing.
+    approximation of ``dg/dalpha``). On the CPU, draws, normalization and gradient
+    are one fused pass of ``priors.gamma``'s kernels; elsewhere torch's kernels.
+    Sampling runs in float32 whatever the input dtype: half precision Gamma sampling
+    underflows and float64 buys nothing.
     """
 
     arg_constraints = {"concentration": constraints.positive}
@@ -73,7 +75,12 @@ class MaskedDirichlet(dist.TorchDistribution):
 
     def rsample(self, sample_shape=torch.Size()):
         alpha = self.concentration.expand(self._extended_shape(sample_shape))
-        return _NormalizedGamma.apply(alpha, self.mask)
+        mask = None if self.mask is None else self.mask.expand(alpha.shape)
+        if torch.is_grad_enabled() and alpha.requires_grad:
+            return _NormalizedGamma.apply(alpha, mask)
+        a = alpha.detach().float()
+        return (gamma.dirichlet_rows(a, mask, False)[0] if gamma.is_fast(a) else _normalized_gamma(a, mask)[0]
+                ).to(alpha.dtype)
 
     def log_prob(self, value):
         a = self.concentration
@@ -83,32 +90,44 @@ class MaskedDirichlet(dist.TorchDistribution):
         return self.real_rows(lp)
 
 
+def _normalized_gamma(a, m):
+    """torch's kernels: (rows ``g / sum(g)`` of float32 Gamma draws, zero where ``m`` is False; draws; totals)."""
+    g = gamma.standard_gamma(a)  # torch clamps draws at the smallest normal float, so g > 0
+    kept = g if m is None else g * m
+    total = kept.sum(-1, keepdim=True)
+    total = total if m is None else torch.where(total > 0, total, torch.ones_like(total))  # padding rows stay 0
+    return kept / total, g, total
+
+
 class _NormalizedGamma(torch.autograd.Function):
     """Dirichlet draw ``x = g / sum(g)``, ``g_j ~ Gamma(alpha_j, 1)`` (0 where ``m`` is False), in float32.
 
-    Backward is the implicit reparameterization gradient: torch's
-    ``_standard_gamma_grad`` gives dg/dalpha, chained with the normalization by hand
-    (``dL/dg_j = (dL/dx_j - sum_i dL/dx_i x_i) / sum(g)``) in one pass.
+    Backward is the implicit reparameterization gradient, dg/dalpha chained with the
+    normalization by hand (``dL/dg_j = (dL/dx_j - sum_i dL/dx_i x_i) / sum(g)``) in one
+    pass. The fast kernels compute ``dg/dalpha / sum(g)`` with the draw; torch's
+    ``_standard_gamma_grad`` is called in the backward otherwise.
     """
 
     @staticmethod
     def forward(ctx, alpha, m):
         a = alpha.float()
-        g = standard_gamma(a)  # torch clamps draws at the smallest normal float, so g > 0
-        kept = g if m is None else g * m
-        total = kept.sum(-1, keepdim=True)
-        total = total if m is None else torch.where(total > 0, total, torch.ones_like(total))  # padding rows stay 0
-        x = kept / total
-        ctx.save_for_backward(a, g, x, total, m)
-        ctx.dtype = alpha.dtype
+        ctx.dtype, ctx.fast = alpha.dtype, gamma.is_fast(a)
+        if ctx.fast:
+            x, factor = gamma.dirichlet_rows(a, m, True)
+            ctx.save_for_backward(x, factor)
+        else:
+            x, g, total = _normalized_gamma(a, m)
+            ctx.save_for_backward(a, g, x, total, m)
         return x.to(alpha.dtype)
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.fast:
+            return gamma.dirichlet_rows_grad(grad.float(), *ctx.saved_tensors).to(ctx.dtype), None
         a, g, x, total, m = ctx.saved_tensors
         grad = grad.float()
         grad_g = (grad - (grad * x).sum(-1, keepdim=True)) / total
-        grad_a = grad_g * standard_gamma_grad(a, g)
+        grad_a = grad_g * gamma.standard_gamma_grad(a, g)
         return (grad_a if m is None else grad_a * m).to(ctx.dtype), None
 
 
@@ -118,13 +137,18 @@ class _DirichletKL(torch.autograd.Function):
     ``KL = lgamma(A) - lgamma(B) + sum_j [lgamma(b_j) - lgamma(a_j) + (a_j - b_j) psi(a_j)] - (A - B) psi(A)``
     (A, B the row totals), so ``dKL/da_j = (a_j - b_j) psi'(a_j) - (A - B) psi'(A)`` and
     ``dKL/db_j = psi(b_j) - psi(B) - psi(a_j) + psi(A)``: two special-function passes
-    over the [B, H, T, T] rows where autograd's chain would take about twice as many.
+    over the [B, H, T, T] rows where autograd's chain would take about twice as many,
+    each one fused kernel on the CPU (``priors.gamma``).
     """
 
     @staticmethod
     def forward(ctx, a, b, m):
-        mask = (lambda t: t) if m is None else (lambda t: t * m)
         ctx.b_shape = b.shape
+        ctx.fast = gamma.is_fast(a, b)
+        if ctx.fast:
+            ctx.save_for_backward(a, b, m)
+            return gamma.dirichlet_kl(a, b, m)
+        mask = (lambda t: t) if m is None else (lambda t: t * m)
         b = _compact(b)  # a symmetric prior's concentration is one number expanded: take lgamma of it once
         b_sum = b.expand(*b.shape[:-1], a.shape[-1]).sum(-1) if m is None else mask(b.expand_as(a)).sum(-1)
         a_sum = mask(a).sum(-1)
@@ -135,6 +159,10 @@ class _DirichletKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.fast:
+            a, b, m = ctx.saved_tensors
+            grad_a, grad_b = gamma.dirichlet_kl_grad(grad, a, b, m, ctx.needs_input_grad[1])
+            return grad_a, (None if grad_b is None else grad_b.sum_to_size(ctx.b_shape)), None
         a, b, m, a_sum, b_sum, psi_a = ctx.saved_tensors
         mask = (lambda t: t) if m is None else (lambda t: t * m)
         grad = grad[..., None]
@@ -166,9 +194,156 @@ def _kl_masked_dirichlet(p, q):
 @register_kl(Weibull, Gamma)
 def _kl_weibull_gamma(p, q):
     """KL(Weibull(k, lam) || Gamma(alpha, beta)), as in Bayesian Attention Modules (Fan et al. 2020)."""
-    k, lam, alpha, beta = p.concentration, p.scale, q.concentration, q.rate
-    return (torch.log(k) - alpha * torch.log(lam) - EULER + alpha * EULER / k - 1
-            - alpha * torch.log(beta) + torch.lgamma(alpha) + beta * lam * torch.exp(torch.lgamma(1 + 1 / k)))
+    return _weibull_gamma_terms(p.concentration, p.scale.log(), q.concentration, q.rate)
+
+
+def _weibull_gamma_terms(k, log_scale, alpha, beta):
+    """Elementwise KL(Weibull(k, exp(log_scale)) || Gamma(alpha, beta)) in torch ops."""
+    return (torch.log(k) - alpha * log_scale - EULER + alpha * EULER / k - 1 - alpha * torch.log(beta)
+            + torch.lgamma(alpha) + beta * log_scale.exp() * torch.exp(torch.lgamma(1 + 1 / k)))
+
+
+class _AttentionWeights(dist.TorchDistribution):
+    """Independent positive weights over an attention site's [..., H, T, T] entries where ``mask`` is True.
+
+    The last three dimensions are the event (one attention site of one sequence); entries where
+    ``mask`` is False are left out of densities and KLs (their values are drawn but never used).
+    """
+
+    support = constraints.positive
+
+    def _setup(self, shape, mask):
+        self.mask = mask
+        super().__init__(shape[:-3], shape[-3:], validate_args=False)
+
+    def _masked_sum(self, t):
+        t = t if self.mask is None else torch.where(self.mask, t, torch.zeros_like(t))
+        return t.sum((-1, -2, -3))
+
+
+class MaskedWeibull(_AttentionWeights):
+    """BAM's posterior: weights ``~ Weibull(concentration, exp(log_scale))`` over an attention site's entries.
+
+    Parameterized by ``log_scale`` so that tiny weights never underflow before they are used. On the
+    CPU a draw is one fused pass of ``priors.gamma`` (``exp(log_scale) E^(1/k)``, E exponential),
+    and the KL to ``MaskedGamma`` is one fused pass per direction; elsewhere torch ops.
+    """
+
+    arg_constraints = {"log_scale": constraints.real, "concentration": constraints.positive}
+    has_rsample = True
+
+    def __init__(self, log_scale, concentration, mask=None, validate_args=False):
+        self.log_scale, self.concentration = log_scale, concentration
+        shape = torch.broadcast_shapes(log_scale.shape, concentration.shape, *([] if mask is None else [mask.shape]))
+        self._setup(shape, mask)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(MaskedWeibull, _instance)
+        shape = torch.Size(batch_shape) + self.event_shape
+        new.log_scale, new.concentration = self.log_scale.expand(shape), self.concentration
+        new._setup(shape, self.mask)
+        return new
+
+    @property
+    def mean(self):
+        return torch.exp(self.log_scale + torch.lgamma(1 + 1 / self.concentration))
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        log_scale, k = self.log_scale.expand(shape), self.concentration.expand(shape)
+        if gamma.is_fast(log_scale, k):
+            inv_k = (1 / k[..., :1]).reshape(-1)  # k is constant along keys
+            rows = log_scale.reshape(-1, shape[-1])
+            if torch.is_grad_enabled() and (log_scale.requires_grad or inv_k.requires_grad):
+                return _WeibullDraw.apply(rows, inv_k).view(shape)
+            return gamma.weibull_draws(rows, inv_k)[0].view(shape)
+        e = torch.empty_like(log_scale).exponential_()
+        return torch.exp(log_scale + e.log() / k)
+
+    def log_prob(self, value):
+        k, z = self.concentration, value.log() - self.log_scale
+        return self._masked_sum(torch.log(k) - self.log_scale + (k - 1) * z - torch.exp(k * z))
+
+
+class MaskedGamma(_AttentionWeights):
+    """BAM's prior: weights ``~ Gamma(concentration, rate)`` over an attention site's entries."""
+
+    arg_constraints = {"concentration": constraints.positive, "rate": constraints.positive}
+
+    def __init__(self, concentration, rate, mask=None, validate_args=False):
+        self.concentration, self.rate = concentration, rate
+        shape = torch.broadcast_shapes(concentration.shape, rate.shape, *([] if mask is None else [mask.shape]))
+        self._setup(shape, mask)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(MaskedGamma, _instance)
+        shape = torch.Size(batch_shape) + self.event_shape
+        new.concentration, new.rate = self.concentration.expand(shape), self.rate.expand(shape)
+        new._setup(shape, self.mask)
+        return new
+
+    @property
+    def mean(self):
+        return (self.concentration / self.rate).expand(self.batch_shape + self.event_shape)
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            alpha = self.concentration.expand(shape)
+            return (gamma.standard_gamma(alpha.float()).to(alpha.dtype) / self.rate.expand(shape))
+
+    def log_prob(self, value):
+        a, b = self.concentration, self.rate
+        return self._masked_sum(a * torch.log(b) - torch.lgamma(a) + (a - 1) * value.log() - b * value)
+
+
+class _WeibullDraw(torch.autograd.Function):
+    """Weibull rows ``exp(log_scale) E^(1/k)`` (fast kernels), differentiable in log_scale and 1/k."""
+
+    @staticmethod
+    def forward(ctx, log_scale, inv_k):
+        x, t = gamma.weibull_draws(log_scale, inv_k)
+        ctx.save_for_backward(x, t, inv_k)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return gamma.weibull_draws_grad(grad, *ctx.saved_tensors)
+
+
+class _WeibullGammaKL(torch.autograd.Function):
+    """Row sums of KL(Weibull || Gamma) with a hand-written backward (fast kernels); see ``weibull_gamma_kl``."""
+
+    @staticmethod
+    def forward(ctx, log_scale, k, alpha, beta, mask, per):
+        ctx.save_for_backward(log_scale, k, alpha, beta, mask)
+        ctx.per = per
+        return gamma.weibull_gamma_kl(log_scale, k, alpha, per, beta, mask)
+
+    @staticmethod
+    def backward(ctx, grad):
+        log_scale, k, alpha, beta, mask = ctx.saved_tensors
+        grads = gamma.weibull_gamma_kl_grad(grad, log_scale, k, alpha, ctx.per, beta, mask)
+        return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None)
+
+
+@register_kl(MaskedWeibull, MaskedGamma)
+def _kl_masked_weibull_gamma(p, q):
+    """Closed form summed over the real entries of the site (both share the mask, as a site's posterior and
+    prior do). The fast kernels need k constant along keys and queries' rates constant along keys
+    (BAM's are): they keep a prior that depends on the keys alone once per head, not per query."""
+    shape = p.batch_shape + p.event_shape
+    log_scale, k = p.log_scale.expand(shape), p.concentration.expand(shape)
+    alpha, beta = q.concentration.expand(shape), q.rate.expand(shape)
+    if gamma.is_fast(log_scale, k, alpha, beta) and k.stride(-1) == 0 and beta.stride(-1) == 0:
+        width = shape[-1]
+        per = shape[-2] if alpha.stride(-2) == 0 else 1  # a prior that depends on the keys alone
+        alpha_rows = (alpha[..., :1, :] if per > 1 else alpha).reshape(-1, width)
+        mask = None if p.mask is None else p.mask.expand(shape).reshape(-1, width)
+        rows = _WeibullGammaKL.apply(log_scale.reshape(-1, width), k[..., 0].reshape(-1), alpha_rows,
+                                     beta[..., 0].reshape(-1), mask, per)
+        return rows.view(shape[:-1]).sum((-1, -2))
+    return p._masked_sum(_weibull_gamma_terms(k, log_scale, alpha, beta))
 
 
 def real_keys(mask, keys):
@@ -271,9 +446,7 @@ class GammaAttention(AttentionPrior):
         keys, mask, shape = self.context(site)
         n = real_keys(mask, keys).clamp_min(1)
         pi = key_scores(keys, mask).exp() if self.contextual else 1 / n
-        alpha, beta = (self.strength * n * pi + self.floor).expand(shape), (self.strength * n).expand(shape)
-        prior = dist.Gamma(alpha, beta)
-        return (prior if mask is None else prior.mask(mask)).to_event(3)
+        return MaskedGamma((self.strength * n * pi + self.floor).expand(shape), (self.strength * n).expand(shape), mask)
 
     def spec(self):
         return format_spec(self.name, {"strength": self.strength, "floor": self.floor,

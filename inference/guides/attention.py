@@ -22,12 +22,11 @@ are fitted by the weight-space guide named by ``weights`` (default ``mean_field`
 """
 import math
 
-import pyro.distributions as dist
 import torch
 import torch.nn as nn
 from pyro.poutine.messenger import Messenger
 
-from priors import MaskedDirichlet
+from priors import MaskedDirichlet, MaskedWeibull
 
 from .weight import _key, global_sites
 
@@ -110,6 +109,4 @@ class BAM(AttentionGuide):
         k = self.param(name)
         # lam * Gamma(1 + 1/k) is the Weibull mean; log-space keeps tiny softmax weights from underflowing to 0.
         log_scale = context["logits"].log_softmax(-1).clamp_min(-50) - torch.lgamma(1 + 1 / k)
-        scale = log_scale.exp()
-        q = dist.Weibull(scale, k.expand_as(scale))
-        return (q if context["mask"] is None else q.mask(context["mask"])).to_event(3)
+        return MaskedWeibull(log_scale, k, context["mask"])
