@@ -99,6 +99,18 @@ def test_cholesky_jitters_only_the_matrices_that_need_it_and_names_the_site_when
         cholesky(torch.full((2, 2), math.inf), "blocks.1.attn.gp")
 
 
+def test_cholesky_gradient_equals_torchs():
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 20, 6, dtype=torch.float64)
+    k = (x @ x.transpose(-1, -2) + 0.5 * torch.eye(20, dtype=torch.float64)).requires_grad_()
+    w = torch.randn(3, 2, 20, 20, dtype=torch.float64)
+    ours, = torch.autograd.grad((cholesky(k, "s") * w).sum(), k)
+    theirs, = torch.autograd.grad((torch.linalg.cholesky(k) * w).sum(), k)
+    assert torch.allclose(ours, theirs, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda a: cholesky(a + a.transpose(-1, -2), "s"), (k[0, 0].detach().clone()
+                                                                                        .requires_grad_(),))
+
+
 # --- closed forms in float64 ----------------------------------------------------------------------------
 
 def test_sgpa_kl_per_head_equals_the_dense_gaussian_kl_and_its_moments_the_svgp_formulas():

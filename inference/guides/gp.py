@@ -33,7 +33,7 @@ from pyro.distributions import constraints
 from torch.distributions.utils import lazy_property
 from torch.distributions import register_kl
 
-from priors.gp_attention import GPPrior, cholesky, token_mask
+from priors.gp_attention import GPPrior, cholesky, token_mask, triangular_inverse
 
 from .attention import AttentionGuide
 from .weight import _key
@@ -111,8 +111,8 @@ class DecoupledPosterior(GPPosterior):
     def __init__(self, prior, values, cross, inducing_covariance, inducing_values, scale_tril, site):
         self.values, self.cross, self.inducing_covariance = values, cross, inducing_covariance
         self.inducing_values, self.scale_tril, self.site = inducing_values, scale_tril, site
-        self.projection = torch.linalg.solve_triangular(cholesky(inducing_covariance, site), cross.transpose(-1, -2),
-                                                        upper=False).transpose(-1, -2)  # B [..., H, T, M]
+        inverse = triangular_inverse(cholesky(inducing_covariance, site))
+        self.projection = cross @ inverse.transpose(-1, -2)  # B = K_qZ L_Z^-T [..., H, T, M]
         self.residual = prior.covariance - self.projection @ self.projection.transpose(-1, -2)  # C
         super().__init__(prior, self.residual @ values + cross @ inducing_values)
 
