@@ -23,7 +23,8 @@ def add_model_arguments(parser, many_priors=False):
                         + ("; repeat to compare priors" if many_priors else ""))
     parser.add_argument("--attention-prior", metavar="SPEC",
                         help="prior of attention rows with --bayes attention|bam (e.g. dirichlet:concentration=1, "
-                             "key-dirichlet, bam-gamma)")
+                             "key-dirichlet, bam-gamma), or of GP attention with --bayes sgpa|sgpa-decoupled "
+                             "(sgpa:kernel=exponential|ard,lengthscale=L,scale=S) or kep-svgp (kep:rank=R,ksvd=W)")
     for key, value in recipes.MODEL.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=value, help=f"default {value}")
     parser.add_argument("--dropout", type=float, default=0.0, help="dropout rate (MC dropout uses it)")
