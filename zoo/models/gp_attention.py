@@ -132,7 +132,7 @@ def spaced_tokens(x, mask, count):
     Spaced over the real tokens alone, so a padded sequence picks what it would pick alone.
     """
     t = x.shape[-2]
-    steps = torch.linspace(0, 1, count, device=x.device, dtype=torch.float64)
+    steps = torch.linspace(0, 1, count, device=x.device)
     if mask is None:
         index = (steps * (t - 1)).round().long().expand(*x.shape[:-3], count)
     else:
