@@ -50,16 +50,21 @@ def cholesky(matrix, site):
         raise CholeskyError(f"the kernel matrix at site '{site}' holds non-finite values (an exponential kernel "
                             f"overflows when q.k / lengthscale^2 passes ~88 in float32)")
     with torch.no_grad():
-        eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
         size = matrix.diagonal(dim1=-2, dim2=-1).mean(-1).abs().clamp_min(torch.finfo(matrix.dtype).tiny)
+
+        def jittered(amount):
+            out = matrix.clone()
+            out.diagonal(dim1=-2, dim2=-1).add_((amount * size)[..., None])
+            return out
+
         jitter = 10 * torch.finfo(matrix.dtype).eps
-        factor, info = torch.linalg.cholesky_ex(matrix + (jitter * size)[..., None, None] * eye)
+        factor, info = torch.linalg.cholesky_ex(jittered(jitter))
         while (info > 0).any():
             jitter *= 10
             if jitter > MAX_JITTER:
                 raise CholeskyError(f"the kernel matrix at site '{site}' is not positive definite even with jitter "
                                     f"{jitter / 10:.0e} x its mean diagonal")
-            retry, retry_info = torch.linalg.cholesky_ex(matrix + (jitter * size)[..., None, None] * eye)
+            retry, retry_info = torch.linalg.cholesky_ex(jittered(jitter))
             failed = info > 0
             factor = torch.where(failed[..., None, None], retry, factor)
             info = torch.where(failed, retry_info, info)
