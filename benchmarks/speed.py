@@ -145,6 +145,11 @@ def bam_step_ratio(steps):
     return step_ratio("bam", steps, bayes="bam")
 
 
+@figure("sgpa_step_ratio", ("<=", 2.5))
+def sgpa_step_ratio(steps):
+    return step_ratio("sgpa", steps, bayes="sgpa")
+
+
 @figure("predictive_vectorized_speedup", (">=", 1.5))
 def predictive_vectorized_speedup(steps, draws=32):
     """Time of 32 single-draw predictions in a loop over one 32-draw prediction (chunked by ``inference.memory``)."""

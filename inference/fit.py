@@ -268,6 +268,8 @@ def svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_annea
             raise stop(f"a distribution got non-finite parameters at step {step}; first non-finite site: "
                        f"'{diagnose(model, guide, xb, yb, mb, n, num_particles)}'; parameters are kept from "
                        f"before step {step}") from None
+        except FloatingPointError as e:  # the pass found its own numbers unusable (a kernel matrix's Cholesky)
+            raise stop(f"{e} at step {step}; parameters are kept from before step {step}") from None
         beta = min(1.0, (step + 1) / kl_anneal) if kl_anneal else 1.0
         loss = terms.loss(temperature, beta)
         if not torch.isfinite(loss):

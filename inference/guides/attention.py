@@ -62,7 +62,7 @@ class AttentionGuide(nn.Module):
         if getattr(model, "attention", None) != self.family:
             raise TypeError(f"the model has no {self.family} attention sites (build it with bayes containing "
                             f"'{'attention' if self.family == 'dirichlet' else self.family}')")
-        if weights not in GUIDES or GUIDES[weights] in (Dirichlet, BAM):
+        if weights not in GUIDES or (isinstance(GUIDES[weights], type) and issubclass(GUIDES[weights], AttentionGuide)):
             raise TypeError(f"weights guide '{weights}' is not a weight-space guide")
         self.weights = GUIDES[weights](model, *args, **weight_options) if global_sites(model, *args) else None
         heads = model.cfg.heads

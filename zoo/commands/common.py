@@ -28,7 +28,9 @@ def add_model_arguments(parser, many_priors=False):
                         + ("; repeat to compare priors" if many_priors else ""))
     parser.add_argument("--attention-prior", metavar="SPEC",
                         help="prior of attention rows with --bayes attention|bam (e.g. dirichlet:concentration=1, "
-                             "key-dirichlet, bam-gamma; default: dirichlet:concentration=1 or bam-gamma)")
+                             "key-dirichlet, bam-gamma), or of GP attention with --bayes sgpa|sgpa-decoupled "
+                             "(sgpa:kernel=exponential|ard,lengthscale=L,scale=S) or kep-svgp (kep:rank=R,ksvd=W); "
+                             "default: the family's own, DEFAULT_ATTENTION_PRIOR in zoo/models/classifier.py)")
     for key, value in recipes.MODEL.items():
         parser.add_argument(flag(key), type=int, default=value, help="model size")
     parser.add_argument("--dropout", type=float, default=0.0, help="dropout rate, in [0, 1) (MC dropout uses it)")

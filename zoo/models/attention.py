@@ -32,13 +32,13 @@ def pair_mask(mask):
 
 
 class SampledAttention:
-    """The attention hook of an attention-space model: ``attend(q, k, v, mask, layer)``."""
+    """The attention hook of an attention-space model: ``attend(q, k, v, mask, layer, params)``."""
 
     def __init__(self, family, priors):
         self.family = family
         self.priors = priors  # site name -> AttentionPrior
 
-    def __call__(self, q, k, v, mask=None, layer=None):
+    def __call__(self, q, k, v, mask=None, layer=None, params=None):
         name = site_name(layer)
         pairs = pair_mask(mask)
         logits = (q / math.sqrt(q.shape[-1])) @ k.transpose(-1, -2)

@@ -11,13 +11,16 @@ import torch.nn as nn
 import priors as priors_pkg
 from priors import PriorMap, Site
 
+from . import gp_attention
 from .attention import FAMILIES, SampledAttention, site_name
+from .gp_attention import GP_FAMILIES
 from .transformer import Transformer, TransformerConfig
 
-WHERE = ("weights", "last-layer", "none", *FAMILIES)
+WHERE = ("weights", "last-layer", "none", *FAMILIES, *GP_FAMILIES)
 DEFAULT_PRIOR = "gaussian:scale=1"
-DEFAULT_ATTENTION_PRIOR = {"dirichlet": "dirichlet:concentration=1", "bam": "bam-gamma"}
-ATTENTION = {"attention": "dirichlet", "dirichlet": "dirichlet", "bam": "bam"}  # --bayes word -> family
+DEFAULT_ATTENTION_PRIOR = {"dirichlet": "dirichlet:concentration=1", "bam": "bam-gamma", **gp_attention.DEFAULT_PRIOR}
+ATTENTION = {"attention": "dirichlet", "dirichlet": "dirichlet", "bam": "bam",
+             **{f: f for f in GP_FAMILIES}}  # --bayes word -> family
 
 
 class ModelError(ValueError):
@@ -57,6 +60,8 @@ def split_attention(bayes):
 def describe(name, param, net):
     """The Site a prior sees for parameter ``name``: shape, fan-in and role."""
     owner = net.get_submodule(name.rsplit(".", 1)[0])
+    if isinstance(owner, (gp_attention.Kernel, gp_attention.KernelEigenPairs)):
+        return Site(name, tuple(param.shape), 1, "kernel")
     if isinstance(owner, nn.LayerNorm):
         return Site(name, tuple(param.shape), 1, "norm")
     if isinstance(owner, nn.Embedding):
@@ -107,22 +112,27 @@ class TransformerClassifier(nn.Module):
             raise ModelError(f"cannot allocate the network (vocab_size={vocab_size}, d_model={d_model}, "
                              f"depth={depth}): {str(e).splitlines()[0]}") from None
         self.bayes = bayes
-        params = dict(self.net.named_parameters())
         self.attention, weights = split_attention(bayes)
+        self.attention_prior, self.attention_sites = None, []
+        if attention_prior is not None and not self.attention:
+            raise ModelError(f"attention_prior has no effect: bayes={bayes!r} has no attention sites "
+                             f"(use bayes='attention', 'bam' or a GP attention family, alone or with weight sites)")
+        if self.attention:
+            self.attention_prior = parse_attention_prior(attention_prior or DEFAULT_ATTENTION_PRIOR[self.attention],
+                                                         self.attention)
+            names = gp_attention.site_name if self.attention in GP_FAMILIES else site_name
+            self.attention_sites = [names(i) for i in range(depth)]
+            resolved = PriorMap(self.attention_prior).resolve(self.attention_sites)
+            if self.attention in GP_FAMILIES:  # kernel parameters join the network, where `bayes` globs reach them
+                gp_attention.install(self.net, self.attention, resolved)
+            else:
+                self.net.attend = SampledAttention(self.attention, resolved)
+        params = dict(self.net.named_parameters())
         self.sites = {n: describe(n, params[n], self.net) for n in bayesian_names(self.net, weights)}
         for n in self.sites:
             params[n].requires_grad_(False)  # kept as the guides' initial value
         self.prior = priors_pkg.parse(prior) if isinstance(prior, (str, dict)) else prior
         self.priors = PriorMap(self.prior).resolve(self.sites) if self.sites else {}
-        self.attention_prior, self.attention_sites = None, []
-        if attention_prior is not None and not self.attention:
-            raise ModelError(f"attention_prior has no effect: bayes={bayes!r} has no attention sites "
-                             f"(use bayes='attention' or 'bam', alone or with weight sites)")
-        if self.attention:
-            self.attention_prior = parse_attention_prior(attention_prior or DEFAULT_ATTENTION_PRIOR[self.attention],
-                                                         self.attention)
-            self.attention_sites = [site_name(i) for i in range(depth)]
-            self.net.attend = SampledAttention(self.attention, PriorMap(self.attention_prior).resolve(self.attention_sites))
 
     def config(self):
         """Everything needed to rebuild this model (not its fitted values)."""
@@ -176,7 +186,7 @@ def parse_attention_prior(spec, family):
     """An attention prior (or glob map of them) for ``family``, refusing weight priors and the other family's."""
     prior = priors_pkg.parse(spec) if isinstance(spec, (str, dict)) else spec
     for p in (prior.mapping.values() if isinstance(prior, PriorMap) else [prior]):
-        if getattr(p, "family", None) != family:
+        if family not in getattr(p, "serves", (getattr(p, "family", None),)):
             raise ModelError(f"attention prior '{p.spec()}' does not serve {family} attention; use "
                              f"{DEFAULT_ATTENTION_PRIOR[family]} or another {family} attention prior")
     return prior

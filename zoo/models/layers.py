@@ -46,7 +46,7 @@ def embedding(tokens, w):
     return w[:, tokens]
 
 
-def softmax_attention(q, k, v, mask=None, layer=None):
+def softmax_attention(q, k, v, mask=None, layer=None, params=None):
     """Ordinary scaled dot-product attention; ``mask`` [B, T] is True for real keys.
 
     Leading sample dims are folded into the batch: SDPA's fused kernels take 4-D inputs

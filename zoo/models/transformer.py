@@ -162,7 +162,7 @@ class Transformer(nn.Module):
         qkv = linear(h, p[a + "qkv.weight"], p[a + "qkv.bias"])
         q, k, v = (z.reshape(*lead, t, self.cfg.heads, d // self.cfg.heads).transpose(-2, -3)
                    for z in qkv.split(d, dim=-1))
-        y = self.attend(q, k, v, mask, layer=i)
+        y = self.attend(q, k, v, mask, layer=i, params=p)  # hooks with parameters of their own read them from p
         y = y.transpose(-2, -3).reshape(*lead, t, d)
         return self.dropout(linear(y, p[a + "proj.weight"], p[a + "proj.bias"]))
 
