@@ -2,6 +2,7 @@
 from .attention import AttentionPrior, GammaAttention, KeyDirichlet, MaskedDirichlet, SymmetricDirichlet
 from .base import Prior, PriorError, Site
 from .empirical import Empirical
+from .gp import GP
 from .hierarchical import HierarchicalGaussian
 from .prior_map import PriorMap
 from .spec import parse, register
@@ -9,4 +10,4 @@ from .weight import Gaussian, Laplace, StudentT
 
 __all__ = ["Prior", "PriorError", "Site", "Gaussian", "Laplace", "StudentT",
            "HierarchicalGaussian", "Empirical", "PriorMap", "parse", "register",
-           "AttentionPrior", "SymmetricDirichlet", "KeyDirichlet", "GammaAttention", "MaskedDirichlet"]
+           "AttentionPrior", "SymmetricDirichlet", "KeyDirichlet", "GammaAttention", "MaskedDirichlet", "GP"]
