@@ -1,7 +1,7 @@
 """Guides by name: ``GUIDES[name](model, x, y, mask, **options)`` builds one from a prototype batch.
 
-Weight-space guides live in ``weight``, attention-space guides in ``attention``;
-a new family registers its guide here.
+Weight-space guides live in ``weight``, attention-space guides in ``attention``, the
+function-space guide (a GP prior over the logits) in ``fsvi``; a new family registers its guide here.
 """
 from .attention import BAM, Dirichlet
 from .fsvi import FSVI
