@@ -150,6 +150,16 @@ def sgpa_step_ratio(steps):
     return step_ratio("sgpa", steps, bayes="sgpa")
 
 
+@figure("fsvi_step_ratio", ("<=", 3.0))
+def fsvi_step_ratio(steps):
+    return step_ratio("fsvi", steps)
+
+
+@figure("fsvi_last_layer_step_ratio", note="no target: fsvi with only the head Bayesian")
+def fsvi_last_layer_step_ratio(steps):
+    return step_ratio("fsvi", steps, bayes="last-layer")
+
+
 @figure("predictive_vectorized_speedup", (">=", 1.5))
 def predictive_vectorized_speedup(steps, draws=32):
     """Time of 32 single-draw predictions in a loop over one 32-draw prediction (chunked by ``inference.memory``)."""

@@ -3,6 +3,7 @@ from .attention import (AttentionPrior, GammaAttention, KeyDirichlet, MaskedDiri
                         SymmetricDirichlet)
 from .base import Prior, PriorError, Site
 from .empirical import Empirical
+from .gp import GP
 from .gp_attention import CholeskyError, GPPrior, KEPPrior, SGPAPrior
 from .hierarchical import HierarchicalGaussian
 from .prior_map import PriorMap
@@ -12,4 +13,4 @@ from .weight import Gaussian, Laplace, StudentT
 __all__ = ["Prior", "PriorError", "Site", "Gaussian", "Laplace", "StudentT",
            "HierarchicalGaussian", "Empirical", "PriorMap", "parse", "register",
            "AttentionPrior", "SymmetricDirichlet", "KeyDirichlet", "GammaAttention", "MaskedDirichlet",
-           "MaskedWeibull", "MaskedGamma", "SGPAPrior", "KEPPrior", "GPPrior", "CholeskyError"]
+           "MaskedWeibull", "MaskedGamma", "SGPAPrior", "KEPPrior", "GPPrior", "CholeskyError", "GP"]

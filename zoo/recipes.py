@@ -17,6 +17,7 @@ FIT = {
     "sgpa": {"steps": 1500, "lr": 3e-3},
     "sgpa-decoupled": {"steps": 1500, "lr": 3e-3},
     "kep-svgp": {"steps": 1500, "lr": 3e-3},
+    "fsvi": {"steps": 2000, "lr": 1e-2},
 }
 GENERIC = {"steps": 1000, "lr": 3e-3}
 NUM_SAMPLES = 100  # predictive draws for evaluation
@@ -51,6 +52,13 @@ STUDY = [
     {"label": "laplace", "guide": "laplace"},
     {"label": "ensemble", "guide": "ensemble"},
     {"label": "mc_dropout", "guide": "mc_dropout", "model": {"dropout": 0.1}},
+    # Function-space VI at T = 1: a GP prior over the logits instead of a weight prior (docs/function-space.md).
+    # "select" names a grid for a row key, chosen on validation: here the GP's lengthscale.
+    {"label": "fsvi (GP prior)", "guide": "fsvi", "prior": "gp:kernel=rbf,lengthscale=1",
+     "select": {"prior": [f"gp:kernel=rbf,lengthscale={v}" for v in (0.5, 1, 2)]}},
+    {"label": "last-layer fsvi (GP prior)", "guide": "fsvi", "bayes": "last-layer",
+     "prior": "gp:kernel=rbf,lengthscale=1",
+     "select": {"prior": [f"gp:kernel=rbf,lengthscale={v}" for v in (0.5, 1, 2)]}},
 ]
 # The gold-standard reference row (`bzoo study --reference`): NUTS on a 602-weight, one-block
 # transformer, 4 chains in 2 processes (docs/reference.md has how it was chosen and its mixing).

@@ -1,9 +1,10 @@
 """Guides by name: ``GUIDES[name](model, x, y, mask, **options)`` builds one from a prototype batch.
 
-Weight-space guides live in ``weight``, attention-space guides in ``attention``;
-a new family registers its guide here.
+Weight-space guides live in ``weight``, attention-space guides in ``attention``, the
+function-space guide (a GP prior over the logits) in ``fsvi``; a new family registers its guide here.
 """
 from .attention import BAM, Dirichlet
+from .fsvi import FSVI
 from .gp import KEPSVGP, SGPA, DecoupledSGPA
 from .weight import MIN_SCALE, Delta, MeanField, global_sites, low_rank
 
@@ -16,7 +17,8 @@ GUIDES = {
     "sgpa": SGPA,
     "sgpa-decoupled": DecoupledSGPA,
     "kep-svgp": KEPSVGP,
+    "fsvi": FSVI,
 }
 
 __all__ = ["GUIDES", "Delta", "MeanField", "low_rank", "Dirichlet", "BAM", "SGPA", "DecoupledSGPA", "KEPSVGP",
-           "MIN_SCALE", "global_sites"]
+           "FSVI", "MIN_SCALE", "global_sites"]
