@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["study", "fit", "prior_check", "diagnose", "datasets", "bench"]
+COMMANDS = ["study", "fit", "prior_check", "diagnose", "datasets", "bench", "pretrain"]
 
 
 class UserError(Exception):

@@ -4,6 +4,7 @@ Weight-space guides live in ``weight``, attention-space guides in ``attention``;
 a new family registers its guide here.
 """
 from .attention import BAM, Dirichlet
+from .lora import BLoB
 from .weight import MIN_SCALE, Delta, MeanField, global_sites, low_rank
 
 GUIDES = {
@@ -12,6 +13,7 @@ GUIDES = {
     "low_rank": low_rank,
     "dirichlet": Dirichlet,
     "bam": BAM,
+    "blob": BLoB,
 }
 
-__all__ = ["GUIDES", "Delta", "MeanField", "low_rank", "Dirichlet", "BAM", "MIN_SCALE", "global_sites"]
+__all__ = ["GUIDES", "Delta", "MeanField", "low_rank", "Dirichlet", "BAM", "BLoB", "MIN_SCALE", "global_sites"]

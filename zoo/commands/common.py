@@ -31,6 +31,24 @@ def add_model_arguments(parser, many_priors=False):
                                                   f"at most {MAX_TOKENS} tokens)")
 
 
+def add_adapter_arguments(parser):
+    parser.add_argument("--backbone", metavar="DIR", help="fine-tune a frozen backbone from `bzoo pretrain` through "
+                                                          "adapters instead of training a transformer from scratch")
+    parser.add_argument("--adapter", metavar="SPEC", default="lora",
+                        help="with --backbone: lora[:rank=4,alpha=8,targets=*.attn.[qv]] or full (default lora)")
+
+
+def build_adapter_model(args, dataset, prior=None, bayes=None):
+    """The LoRAClassifier the flags describe; architecture flags set away from their defaults must match the backbone."""
+    from zoo.models.lora import LoRAClassifier
+
+    shape = {k: getattr(args, k) for k in recipes.MODEL if getattr(args, k) != recipes.MODEL[k]}
+    if args.patch:
+        shape["patch"] = args.patch
+    return LoRAClassifier.for_dataset(dataset, args.backbone, adapter=args.adapter, dropout=args.dropout,
+                                      bayes=bayes or args.bayes, prior=prior or args.prior or recipes.PRIOR, **shape)
+
+
 def add_run_arguments(parser):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", metavar="DIR", help="run folder to write (refused if it holds a run)")

@@ -7,8 +7,8 @@ from inference import NonFiniteError, evaluate, fit, method_names
 from zoo import recipes
 from zoo.runs import RunFolder
 
-from .common import (add_data_arguments, add_model_arguments, add_run_arguments, build_model, check_device,
-                     load_data, seed_everything)
+from .common import (add_adapter_arguments, add_data_arguments, add_model_arguments, add_run_arguments,
+                     build_adapter_model, build_model, check_device, load_data, seed_everything)
 
 NAME = "fit"
 HELP = "fit a Bayesian transformer and write metrics.json, posterior.pt, posterior.nc and plots"
@@ -17,6 +17,7 @@ HELP = "fit a Bayesian transformer and write metrics.json, posterior.pt, posteri
 def add_arguments(parser):
     add_data_arguments(parser)
     add_model_arguments(parser)
+    add_adapter_arguments(parser)
     parser.add_argument("--guide", default="mean_field", help=f"one of: {', '.join(method_names())} (default mean_field)")
     parser.add_argument("--steps", type=int, help="optimizer steps (default per guide, see zoo/recipes.py)")
     parser.add_argument("--lr", type=float, help="Adam learning rate (default per guide)")
@@ -40,7 +41,7 @@ def run(args):
                     args.overwrite)
     dataset = load_data(args)
     seed_everything(args.seed)
-    model = build_model(args, dataset)
+    model = build_adapter_model(args, dataset) if args.backbone else build_model(args, dataset)
     options = recipes.fit_options(args.guide, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                                   num_particles=args.num_particles, temperature=args.temperature,
                                   kl_anneal=args.kl_anneal, clip_norm=args.clip_norm)

@@ -99,19 +99,23 @@ class TransformerClassifier(nn.Module):
             raise ModelError(str(e)) from None
         self.net = Transformer(self.cfg)
         self.bayes = bayes
-        params = dict(self.net.named_parameters())
         self.attention, weights = split_attention(bayes)
-        self.sites = {n: describe(n, params[n], self.net) for n in bayesian_names(self.net, weights)}
-        for n in self.sites:
-            params[n].requires_grad_(False)  # kept as the guides' initial value
-        self.prior = priors_pkg.parse(prior) if isinstance(prior, (str, dict)) else prior
-        self.priors = PriorMap(self.prior).resolve(self.sites) if self.sites else {}
+        self.declare_sites(bayesian_names(self.net, weights), prior)
         self.attention_prior, self.attention_sites = None, []
         if self.attention:
             self.attention_prior = parse_attention_prior(attention_prior or DEFAULT_ATTENTION_PRIOR[self.attention],
                                                          self.attention)
             self.attention_sites = [site_name(i) for i in range(depth)]
             self.net.attend = SampledAttention(self.attention, PriorMap(self.attention_prior).resolve(self.attention_sites))
+
+    def declare_sites(self, names, prior):
+        """Make network parameters ``names`` sample sites under ``prior`` (a Prior, PriorMap or spec)."""
+        params = dict(self.net.named_parameters())
+        self.sites = {n: describe(n, params[n], self.net) for n in names}
+        for n in self.sites:
+            params[n].requires_grad_(False)  # kept as the guides' initial value
+        self.prior = priors_pkg.parse(prior) if isinstance(prior, (str, dict)) else prior
+        self.priors = PriorMap(self.prior).resolve(self.sites) if self.sites else {}
 
     def config(self):
         """Everything needed to rebuild this model (not its fitted values)."""
