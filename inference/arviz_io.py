@@ -36,7 +36,7 @@ import torch
 import xarray as xr
 
 from .fit import unpack
-from .posterior import PAIRS_PER_BATCH
+from .memory import plan
 
 
 class ArvizError(ValueError):
@@ -157,7 +157,7 @@ def to_inference_data(posterior, x, y, mask=None, num_samples=None, var_names=No
         stats = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:])[index] for k, v in stats.items()}
     else:
         s = posterior.num_draws(num_samples)
-        first = slice(0, batch_size or max(1, PAIRS_PER_BATCH // s))
+        first = slice(0, batch_size or plan(posterior.model, x, s)[1])  # the inputs local sites see while drawing
         draws = posterior.sample(s, x[first], None if mask is None else mask[first])
         stats = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:])[:s] for k, v in stats.items()}
     probs = posterior.predict(x, s, mask, batch_size, draws=draws)

@@ -5,10 +5,10 @@ import pyro
 import torch
 from pyro import poutine
 
+from .memory import plan
 from .sites import is_global, is_sampled, with_local_sites
 
 SAMPLES_DIM = -2  # the plate of posterior draws sits left of the data plate
-PAIRS_PER_BATCH = 16384  # (draw, input) pairs per predictive batch: about 640 MiB at the default model size
 
 
 def draws_plate(s):
@@ -49,11 +49,14 @@ class Posterior:
         return num_samples or 100
 
     @torch.no_grad()
-    def sample(self, num_samples=None, x=None, mask=None):
-        """Draws of the global latent sites as name -> [S, *shape] (S = 1 for a point estimate)."""
+    def sample(self, num_samples=None, x=None, mask=None, offset=0):
+        """Draws of the global latent sites as name -> [S, *shape] (S = 1 for a point estimate).
+
+        Stored draws (MCMC, ensembles) are returned in order from ``offset``; a guide draws afresh.
+        """
         s = self.num_draws(num_samples)
         if self.draws is not None:
-            return {n: v[:s] for n, v in self.draws.items()}
+            return {n: v[offset:offset + s] for n, v in self.draws.items()}
         if x is None:
             x, mask = self.x_proto, self.mask_proto
         with draws_plate(s):
@@ -65,26 +68,31 @@ class Posterior:
     def predict(self, x, num_samples=None, mask=None, batch_size=None, draws=None):
         """Class probabilities [S, N, K] for S posterior draws (S = 1 for a point estimate).
 
-        Global draws are taken once and shared across batches, so each of the S
-        rows is one function evaluated on every input. Pass ``draws`` (from
+        Each of the S rows is one function evaluated on every input: global draws are
+        taken once per chunk of draws and shared by all inputs. Pass ``draws`` (from
         ``sample``) to evaluate those same functions, e.g. on train and test data.
-        ``batch_size`` inputs go through together (default: ``PAIRS_PER_BATCH // S``,
-        so peak memory stays flat as the number of draws grows).
+        Draws and inputs go through in chunks sized by ``inference.memory.plan`` so that
+        one chunk fits the memory budget, whatever S and N; ``batch_size`` caps the
+        inputs per chunk.
         """
         was_training = self.model.training
         self.model.train(self.info.get("dropout_at_test", False))
         try:
             s = next(iter(draws.values())).shape[0] if draws else self.num_draws(num_samples)
-            batch_size = batch_size or max(1, PAIRS_PER_BATCH // s)
             x = x.to(self.device)
             if hasattr(getattr(self.model, "net", None), "check_input"):
                 self.model.net.check_input(x)  # a one-line error before any Pyro trace
             mask = None if mask is None else mask.to(self.device)
-            if draws is None:
-                draws = self.sample(s, x[:batch_size], None if mask is None else mask[:batch_size])
-            out = [self._probs(x[i:i + batch_size], None if mask is None else mask[i:i + batch_size], draws, s)
-                   for i in range(0, x.shape[0], batch_size)]
-            return torch.cat(out, dim=-2)
+            per_chunk, inputs = plan(self.model, x, s)
+            inputs = min(inputs, batch_size or inputs)
+            rows = []
+            for start in range(0, s, per_chunk):
+                n = min(per_chunk, s - start)
+                chunk = ({k: v[start:start + n] for k, v in draws.items()} if draws is not None
+                         else self.sample(n, x[:inputs], None if mask is None else mask[:inputs], offset=start))
+                rows.append(torch.cat([self._probs(x[i:i + inputs], None if mask is None else mask[i:i + inputs],
+                                                   chunk, n) for i in range(0, x.shape[0], inputs)], dim=-2))
+            return torch.cat(rows)
         finally:
             self.model.train(was_training)
 

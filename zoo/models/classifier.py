@@ -1,4 +1,5 @@
 """TransformerClassifier: the transformer as a Pyro model with named weight sites."""
+import math
 from fnmatch import fnmatchcase
 
 import pyro
@@ -124,6 +125,26 @@ class TransformerClassifier(nn.Module):
         if self.attention_prior is not None:
             out["attention_prior"] = self.attention_prior.spec()
         return out
+
+    def bytes_per_pair(self, length):
+        """Estimated peak bytes of one draw of this network on one series of ``length`` steps, without gradients.
+
+        One block's activations are alive at a time: the residual stream and its
+        projections (about ``8 + 2 * mlp_ratio`` vectors of width d per token) and the
+        [T, T] attention matrices of every head (one for fused softmax attention, about
+        eight for sampled attention: logits, posterior parameters, draws, normalised
+        rows, mask). Measured peaks on CPU are 0.2 to 0.7 times this estimate
+        (``docs/results.md``, memory). ``inference.memory`` sizes prediction chunks from it.
+        """
+        cfg = self.cfg
+        tokens = math.ceil(length / cfg.patch)
+        per_matrix = 8 if self.attention else 1
+        floats = tokens * cfg.d_model * (8 + 2 * cfg.mlp_ratio) + cfg.heads * tokens * tokens * per_matrix
+        return int(1.25 * 4 * floats)
+
+    def bytes_per_draw(self):
+        """Bytes of one draw of every network parameter (a draw and its working copy)."""
+        return 2 * 4 * sum(p.numel() for p in self.net.parameters())
 
     def initial_values(self):
         """The network's initial parameter values at the Bayesian sites (guides start here)."""
