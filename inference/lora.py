@@ -21,6 +21,7 @@ the guide ``blob`` lives with the guides (``inference.guides.lora``).
 import copy
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from .baselines import fit_ensemble
@@ -97,7 +98,8 @@ def fit_laplace_lora(model, data, *, steps=1000, lr=1e-2, batch_size=None, tempe
     info = {"temperature": temperature, "seed": seed, "hessian": hessian, "prior_structure": prior_structure,
             "prior_precision": la.prior_precision.detach().cpu(), "log_marginal_likelihood":
             la.log_marginal_likelihood().item(), "num_params": int(samples.shape[-1]), "sites": names,
-            "map_losses": map_post.info["losses"], "predictive": "nn (sampled sites through the network)"}
+            "map_losses": map_post.info["losses"], "mode": values,
+            "predictive": "nn (sampled sites through the network)"}
     return Posterior(model, "laplace_lora", draws=draws, info=info, x_proto=x[:2],
                      mask_proto=None if mask is None else mask[:2])
 
@@ -113,9 +115,10 @@ def laplace_torch(model, values, data, hessian, prior_structure, prior_steps, te
                  temperature=temperature)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(pack(x, mask), y),
                                          batch_size=batch_size or len(y))
-    la.fit(loader)
-    la.optimize_prior_precision(pred_type="glm", method="marglik", n_steps=prior_steps, lr=1e-1,
-                                prior_structure=prior_structure)
+    with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no forward-mode or second derivative
+        la.fit(loader)
+        la.optimize_prior_precision(pred_type="glm", method="marglik", n_steps=prior_steps, lr=1e-1,
+                                    prior_structure=prior_structure)
     return la, names
 
 

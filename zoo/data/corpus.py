@@ -169,7 +169,7 @@ def known_names(root=None):
 def corpus(exclude=(), root=None, only=None):
     """The sources of the data folder minus ``exclude`` (dataset names), each with its univariate series.
 
-    ``only`` (names) keeps just those sources, for quick tests. Returns
+    ``only`` (source names, e.g. ``GunPoint``, ``segmentation/GunPoint``) keeps just those sources (quick tests). Returns
     ``(sources, removed)``: ``removed`` lists the files left out and, per source, how
     many series were dropped because their content matched an excluded dataset's.
     """
@@ -190,7 +190,7 @@ def corpus(exclude=(), root=None, only=None):
     seen, sources, dropped = set(), [], {}
     for (folder, name), paths in groups.items():
         label = folder if in_folder[folder] == 1 else f"{folder}/{name}"
-        if only is not None and label not in only and name not in only:
+        if only is not None and label not in only:
             continue
         source = Source(label, [p.relative_to(root).as_posix() for p in paths])
         for path in paths:

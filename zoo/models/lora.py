@@ -330,6 +330,11 @@ class LoRAClassifier(TransformerClassifier):
                 "backbone": self.backbone.describe(), "adapter": self.adapter.spec(), "max_len": self.cfg.max_len,
                 "dropout": self.cfg.dropout, "bayes": self.bayes, "prior": prior}
 
+    def bytes_per_pair(self, length):
+        """Peak bytes of one draw on one series: every channel runs as a window of ``cfg.length`` steps,
+        whatever ``length`` the input has (see ``TransformerClassifier.bytes_per_pair``)."""
+        return self.cfg.input_dim * super().bytes_per_pair(self.cfg.length)
+
     def trained_parameters(self):
         """How many numbers a fit trains: the adapters and the head (every parameter for a full fine-tune)."""
         return sum(p.numel() for p in self.net.parameters())
