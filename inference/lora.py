@@ -19,6 +19,7 @@ the guide ``blob`` lives with the guides (``inference.guides.lora``).
   whose members differ only in their adapters and head, the backbone shared and frozen.
 """
 import copy
+import warnings
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -115,7 +116,8 @@ def laplace_torch(model, values, data, hessian, prior_structure, prior_steps, te
                  temperature=temperature)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(pack(x, mask), y),
                                          batch_size=batch_size or len(y))
-    with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no forward-mode or second derivative
+    with sdpa_kernel(SDPBackend.MATH), warnings.catch_warnings():  # fused attention has no forward-mode derivative
+        warnings.filterwarnings("ignore", message="By default `link_approx`")  # it concerns predictions we do not make
         la.fit(loader)
         la.optimize_prior_precision(pred_type="glm", method="marglik", n_steps=prior_steps, lr=1e-1,
                                     prior_structure=prior_structure)

@@ -318,3 +318,17 @@ def test_pretrain_refuses_an_existing_backbone_and_unknown_exclusions(backbone_d
         pretrain(backbone_dir, ["ItalyPowerDemand"], only=["Lynx"], progress=False, **TINY)
     with pytest.raises(ValueError, match="--exclude 'ItalyPowerDemnad' matches no dataset"):
         pretrain(tmp_path / "x", ["ItalyPowerDemnad"], progress=False, **TINY)
+
+
+def test_cached_backbone_is_pretrained_once_and_serves_study_rows(tmp_path, ipd):
+    from zoo import recipes
+    from zoo.pretrain import adapter_model, cached_backbone
+
+    first = cached_backbone("ItalyPowerDemand", tmp_path, progress=False, only=["Lynx"], **TINY)
+    stamp = (tmp_path / first.path / "backbone.pt").stat().st_mtime_ns
+    again = cached_backbone("ItalyPowerDemand", tmp_path, progress=False, only=["Lynx"], **TINY)
+    assert again.path == first.path and (tmp_path / again.path / "backbone.pt").stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.path.split("/")[-1]]  # no scratch folder left
+    row = next(r for r in recipes.LORA_STUDY if r["guide"] == "blob")
+    model = adapter_model(row, ipd, backbone=again)
+    assert model.adapter.rank == 4 and all(n.startswith("lora.") for n in model.sites)

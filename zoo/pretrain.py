@@ -199,10 +199,10 @@ def _plot(losses, path):
 
 
 def cache_key(exclude, options):
-    """Folder name of a cached backbone: the excluded dataset and a hash of the options that shape it."""
+    """Folder name of a cached backbone: the excluded datasets and a hash of the options that shape it."""
     o = {**DEFAULTS, **options}
     digest = hashlib.sha256(json.dumps(o, sort_keys=True).encode()).hexdigest()[:10]
-    return f"exclude-{exclude}-{digest}"
+    return f"exclude-{'+'.join(sorted(exclude))}-{digest}"
 
 
 def default_cache():
@@ -210,17 +210,31 @@ def default_cache():
 
 
 def cached_backbone(exclude, cache=None, seed=0, progress=True, **options):
-    """The backbone pretrained without dataset ``exclude`` in ``cache`` (default ``$BZOO_CACHE/backbones``),
-    pretrained there first if absent. Concurrent callers each pretrain in a scratch folder and the first to
-    finish wins, so a cell of a parallel study never reads half a folder."""
+    """The backbone pretrained without ``exclude`` (a dataset name or a list of them) in ``cache`` (default
+    ``$BZOO_CACHE/backbones``), pretrained there first if absent. Concurrent callers each pretrain in a scratch
+    folder of their own and the first to finish wins, so a cell of a parallel study never reads half a folder."""
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude)
     folder = Path(cache or default_cache()) / cache_key(exclude, {**options, "seed": seed})
     if (folder / WEIGHTS).exists():
         return Backbone.load(folder)
     scratch = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
-    pretrain(scratch, [exclude], seed=seed, progress=progress, **options)
+    pretrain(scratch, exclude, seed=seed, progress=progress, **options)
     try:
         scratch.rename(folder)
     except OSError:  # another process finished first: use its folder
         shutil.rmtree(scratch, ignore_errors=True)
     return Backbone.load(folder)
+
+
+def adapter_model(row, dataset, backbone=None, cache=None, progress=True):
+    """The LoRAClassifier a study row with an ``adapter`` describes (``zoo.recipes.LORA_STUDY``), on ``backbone``
+    or, by default, the cached backbone pretrained (seed 0) without ``dataset``, one per dataset whatever the
+    study's seed; refuses data the backbone saw."""
+    from . import recipes
+    from .models.lora import LoRAClassifier
+
+    if backbone is None:
+        backbone = cached_backbone(dataset.name, cache, progress=progress)
+    return LoRAClassifier.for_dataset(dataset, backbone, adapter=row["adapter"], bayes=row.get("bayes", "weights"),
+                                      prior=row.get("prior", recipes.PRIOR), **row.get("model", {}))

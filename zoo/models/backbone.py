@@ -80,6 +80,16 @@ class Backbone:
                    list(description.get("excluded") or []))
 
     @classmethod
+    def random(cls, seed=0, d_model=64, depth=4, heads=4, mlp_ratio=4, patch=4, length=64):
+        """An untrained backbone of the pretraining architecture (benchmarks time steps; they need no weights)."""
+        config = TransformerConfig(num_classes=patch, input_dim=1, d_model=d_model, depth=depth, heads=heads,
+                                   mlp_ratio=mlp_ratio, max_len=length, patch=patch)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            state = {k: v.detach() for k, v in Transformer(config).state_dict().items()}
+        return cls(config.to_dict(), state, weights_sha256(state))
+
+    @classmethod
     def load(cls, path):
         """The backbone in folder ``path``, every file checked; raises BackboneError naming the culprit."""
         root = Path(path)
