@@ -1,9 +1,9 @@
 """Bayesian LoRA against the full-weight MAP transformer, measured in the same run (issue 13's question).
 
 On one dataset and a backbone pretrained without it, every row of
-``zoo.recipes.LORA_STUDY`` (each Bayesian-LoRA method) is fitted at temperature 1 and compared with the full-weight MAP transformer trained
-from scratch (the study's ``map`` row) and with a full fine-tune of the same
-backbone. Where a method has a setting to choose (the row's ``select`` grid), it is
+``zoo.recipes.LORA_STUDY`` (each Bayesian-LoRA method, and a full fine-tune of the
+same backbone) is fitted at temperature 1 and compared with the full-weight MAP
+transformer trained from scratch in the same run (the study's ``map`` row). Where a method has a setting to choose (the row's ``select`` grid), it is
 chosen by NLL on a stratified validation split carved from the training set
 (``--val-fraction``); the method is then refitted on the whole training set with
 that setting and evaluated once on the test set. The test set is never looked at
@@ -129,7 +129,8 @@ def main(argv=None):
                 with open(args.json, "w") as f:
                     json.dump(results, f, indent=1)
     peer = results[0]
-    print(f"{dataset.name}, backbone {args.backbone} (excluded {', '.join(backbone.excluded)}), seed {args.seed}, T = 1")
+    print(f"{dataset.name}, backbone {args.backbone} (excluded {', '.join(backbone.excluded)}), seed {args.seed}, "
+          f"T = 1")
     print(f"{'row':28s} {'accuracy':>8s} {'nll':>7s} {'ece':>7s} {'fit s':>7s} {'trained':>8s}  vs full-weight map")
     for r in results:
         verdict = "" if r is peer else ("acc >= 0.95 and nll below: yes" if r["accuracy"] >= 0.95 and

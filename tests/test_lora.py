@@ -147,6 +147,16 @@ def test_laplace_lora_agrees_with_laplace_torch_on_the_same_adapter_parameters(b
     assert ((draws.mean(0) - mean).abs() < 5 * (var / s).sqrt()).all()  # Monte Carlo error of the mean
     assert ((draws.var(0) / var - 1).abs() < 5 * math.sqrt(2 / s)).all()  # ... and of the variance
 
+    # The GLM predictive: logits of the linearized network have laplace-torch's mean f(x; MAP) and covariance J S J^T
+    x = ipd.test.x[:4]
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        f_mu, f_var = la._glm_predictive_distribution(x)
+        logits = posterior.model.net(x, None, posterior.draws).double()
+    assert posterior.model.linearized and not model.linearized  # the caller's model is left as it was
+    f_sd = f_var.diagonal(dim1=-2, dim2=-1).double().sqrt()
+    assert ((logits.mean(0) - f_mu).abs() < 5 * f_sd / math.sqrt(s)).all()
+    assert ((logits.std(0) / f_sd - 1).abs() < 5 * math.sqrt(1 / (2 * s))).all()
+
 
 def test_laplace_lora_kron_uses_kfac_and_marginal_likelihood(backbone_dir, ipd):
     from laplace import Laplace
@@ -224,8 +234,9 @@ def test_lora_ensemble_members_differ_only_in_adapters(backbone_dir, ipd):
 
 def test_posterior_saves_and_loads_with_weights_only(backbone_dir, ipd, tmp_path):
     model = LoRAClassifier.for_dataset(ipd, backbone_dir)
-    for guide in ("mean_field", "swag_lora"):
-        options = {"swag_steps": 4, "collect_every": 2, "num_samples": 5} if guide == "swag_lora" else {}
+    settings = {"mean_field": {}, "swag_lora": {"swag_steps": 4, "collect_every": 2, "num_samples": 5},
+                "laplace_lora": {"prior_steps": 2, "num_samples": 5}}
+    for guide, options in settings.items():
         posterior = fit(model, ipd.train, guide=guide, steps=3, progress=False, **options)
         path = posterior.save(tmp_path / f"{guide}.pt")
         loaded = Posterior.load(path)

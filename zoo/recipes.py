@@ -13,6 +13,10 @@ FIT = {
     "low_rank": {"steps": 2000, "lr": 1e-2},
     "dirichlet": {"steps": 1500, "lr": 3e-3},
     "bam": {"steps": 1500, "lr": 3e-3},
+    "blob": {"steps": 2000, "lr": 1e-2},
+    "laplace_lora": {"steps": 1000, "lr": 1e-2},
+    "swag_lora": {"steps": 1000, "lr": 1e-2},
+    "lora_ensemble": {"steps": 1000, "lr": 1e-2},
 }
 GENERIC = {"steps": 1000, "lr": 3e-3}
 NUM_SAMPLES = 100  # predictive draws for evaluation
@@ -53,8 +57,9 @@ ADAPTER = "lora:rank=4,alpha=8"
 LORA_STUDY = [
     {"label": "LoRA map", "guide": "map", "adapter": ADAPTER, "backbone": "pretrained",
      "options": {"steps": 1000, "lr": 1e-2}, "select": {"lr": [3e-3, 1e-2]}},
-    {"label": "LoRA mean_field", "guide": "mean_field", "adapter": ADAPTER, "backbone": "pretrained",
-     "options": {"steps": 2000, "lr": 1e-2}, "select": {"prior": ["gaussian:scale=0.1", "gaussian:scale=1"]}},
+    {"label": "LoRA mean_field", "guide": "mean_field", "bayes": "adapters", "adapter": ADAPTER,
+     "backbone": "pretrained", "options": {"steps": 2000, "lr": 1e-2},
+     "select": {"prior": ["gaussian:scale=0.1", "gaussian:scale=1"]}},
     {"label": "BLoB", "guide": "blob", "bayes": "adapters", "adapter": ADAPTER, "backbone": "pretrained",
      "options": {"steps": 2000, "lr": 1e-2}, "select": {"prior": ["gaussian:scale=0.2", "gaussian:scale=1"]}},
     {"label": "Laplace-LoRA", "guide": "laplace_lora", "bayes": "adapters", "adapter": ADAPTER,

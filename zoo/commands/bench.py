@@ -2,7 +2,8 @@
 import importlib
 
 NAME = "bench"
-HELP = "benchmarks: speed (vs plain PyTorch), nuts (function-space mixing, vs NumPyro), memory, lora (vs full-weight MAP)"
+HELP = ("benchmarks: speed (vs plain PyTorch), nuts (function-space mixing, vs NumPyro), memory, "
+        "lora (vs full-weight MAP)")
 BENCHMARKS = {"speed": "benchmarks.speed", "nuts": "benchmarks.nuts", "memory": "benchmarks.memory",
               "lora": "benchmarks.lora"}
 

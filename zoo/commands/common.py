@@ -39,7 +39,7 @@ def add_adapter_arguments(parser):
 
 
 def build_adapter_model(args, dataset, prior=None, bayes=None):
-    """The LoRAClassifier the flags describe; architecture flags set away from their defaults must match the backbone."""
+    """The LoRAClassifier the flags describe; architecture flags set off their defaults must match the backbone."""
     from zoo.models.lora import LoRAClassifier
 
     shape = {k: getattr(args, k) for k in recipes.MODEL if getattr(args, k) != recipes.MODEL[k]}

@@ -1,4 +1,7 @@
 """bzoo pretrain: pretrain a backbone on every shipped series except the target dataset's."""
+import json
+from pathlib import Path
+
 import torch
 
 from zoo.pretrain import DEFAULTS, pretrain
@@ -23,8 +26,6 @@ def run(args):
     options = {key: getattr(args, key) for key in DEFAULTS}
     backbone = pretrain(args.out, [e.strip() for e in args.exclude.split(",")], seed=args.seed, device=args.device,
                         **options)
-    import json
-    from pathlib import Path
     info = json.loads((Path(backbone.path) / "config.json").read_text())
     print(f"pretrained on {len(backbone.sources)} sources ({sum(s['series'] for s in backbone.sources)} series), "
           f"excluding {', '.join(backbone.excluded)}: reconstruction MSE {info['eval_mse']:.4f} "

@@ -169,7 +169,8 @@ def known_names(root=None):
 def corpus(exclude=(), root=None, only=None):
     """The sources of the data folder minus ``exclude`` (dataset names), each with its univariate series.
 
-    ``only`` (source names, e.g. ``GunPoint``, ``segmentation/GunPoint``) keeps just those sources (quick tests). Returns
+    ``only`` (source names, e.g. ``GunPoint``, ``segmentation/GunPoint``) keeps just those sources (quick tests).
+    Returns
     ``(sources, removed)``: ``removed`` lists the files left out and, per source, how
     many series were dropped because their content matched an excluded dataset's.
     """

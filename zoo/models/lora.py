@@ -32,8 +32,10 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .backbone import Backbone
 from .classifier import DEFAULT_PRIOR, ModelError, TransformerClassifier, bayesian_names
@@ -64,7 +66,8 @@ def parse_adapter(spec):
     kind, _, args = str(spec).strip().partition(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
-        raise ModelError(f"--adapter '{spec}': unknown adapter '{kind}'; valid: lora[:rank=R,alpha=A,targets=GLOB], full")
+        raise ModelError(f"--adapter '{spec}': unknown adapter '{kind}'; valid: "
+                         f"lora[:rank=R,alpha=A,targets=GLOB], full")
     out = AdapterSpec(kind)
     for item in filter(None, (a.strip() for a in args.split(","))):
         key, eq, value = (t.strip() for t in item.partition("="))
@@ -222,8 +225,32 @@ class AdapterTransformer(Transformer):
             y = y + (delta if rows is None else F.pad(delta, (rows[0], y.shape[-1] - rows[1])))
         return y
 
+    def linearize(self, point):
+        """From now on drawn parameters enter the network linearized around ``point`` (name -> value):
+        ``f(x; point) + J(x) (theta - point)``, laplace-torch's GLM predictive (Laplace-LoRA predicts so)."""
+        self.expansion = nn.Module()
+        for name, value in point.items():
+            self.expansion.register_buffer(name.replace(".", "__"), value.detach().clone())
+
     def forward(self, x, mask=None, params=None, samples=None):
         """Logits [B, K], or [S, B, K] with S drawn parameter sets."""
+        if params and getattr(self, "expansion", None) is not None:
+            return self.linearized(x, mask, params, samples)
+        return self.evaluate(x, mask, params, samples)
+
+    def linearized(self, x, mask, params, samples):
+        """The first-order expansion around ``expansion``, by one forward-mode pass over every draw at once."""
+        point = {n.replace("__", "."): b for n, b in self.expansion.named_buffers()}
+        with fwAD.dual_level(), sdpa_kernel(SDPBackend.MATH):  # fused attention has no forward-mode derivative
+            dual = {}
+            for name, value in params.items():
+                base = point[name].expand_as(value) if name in point else None
+                dual[name] = value if base is None else fwAD.make_dual(base, value - base)
+            out = fwAD.unpack_dual(self.evaluate(x, mask, dual, samples))
+        return out.primal if out.tangent is None else out.primal + out.tangent
+
+    def evaluate(self, x, mask=None, params=None, samples=None):
+        """The network itself: logits [B, K], or [S, B, K] with S drawn parameter sets."""
         self.check_input(x)
         z, stats = univariate(x, mask, self.cfg.length)
         h, _, p = self.encode(z, None, params, samples)
@@ -251,7 +278,8 @@ def univariate(x, mask, length):
     i0 = pos.floor().long()
     i1 = torch.minimum(i0 + 1, (n - 1).clamp(min=0)[:, None])
     frac = (pos - i0)[..., None]
-    z = x.gather(1, i0[..., None].expand(b, length, c)) * (1 - frac) + x.gather(1, i1[..., None].expand(b, length, c)) * frac
+    left, right = (x.gather(1, i[..., None].expand(b, length, c)) for i in (i0, i1))
+    z = left * (1 - frac) + right * frac
     mean = z.mean(1)
     std = z.std(1, unbiased=False)
     z = (z - mean[:, None]) / std.clamp_min(1e-5)[:, None]
@@ -274,11 +302,12 @@ class LoRAClassifier(TransformerClassifier):
     ``d_model``, ``depth``, ``heads``, ``mlp_ratio``, ``patch``: when given, they must
     match the backbone's (a request for another architecture is refused, not ignored).
     Use ``for_dataset`` to size the model for a zoo Dataset and refuse data the backbone saw.
+    ``linearized``: drawn sites enter through the network linearized around a point (``linearize``).
     """
 
     def __init__(self, num_classes, input_dim=1, backbone=None, adapter="lora", max_len=512, dropout=0.0,
                  bayes="weights", prior=DEFAULT_PRIOR, d_model=None, depth=None, heads=None, mlp_ratio=None,
-                 patch=None):
+                 patch=None, linearized=False):
         nn.Module.__init__(self)
         if backbone is None:
             raise ModelError("LoRAClassifier needs a backbone: a folder written by `bzoo pretrain`")
@@ -304,6 +333,18 @@ class LoRAClassifier(TransformerClassifier):
         self.bayes = bayes
         self.attention, self.attention_prior, self.attention_sites = None, None, []
         self.declare_sites(self._site_names(bayes), prior)
+        self.linearized = False
+        if linearized:  # the expansion point's values come from a saved state dict
+            self.linearize(self.initial_values())
+
+    def linearize(self, point):
+        """Make drawn site values enter through the network linearized around ``point`` (site -> value).
+
+        ``laplace_lora`` does this to a copy of the model for its GLM predictive; the
+        expansion point is saved with the model and ``config()`` records it.
+        """
+        self.net.linearize({n: point[n] for n in self.sites})
+        self.linearized = True
 
     @classmethod
     def for_dataset(cls, dataset, backbone, **options):
@@ -328,7 +369,7 @@ class LoRAClassifier(TransformerClassifier):
         prior = self.prior.spec() if hasattr(self.prior, "spec") else str(self.prior)
         return {"num_classes": self.cfg.num_classes, "input_dim": self.cfg.input_dim,
                 "backbone": self.backbone.describe(), "adapter": self.adapter.spec(), "max_len": self.cfg.max_len,
-                "dropout": self.cfg.dropout, "bayes": self.bayes, "prior": prior}
+                "dropout": self.cfg.dropout, "bayes": self.bayes, "prior": prior, "linearized": self.linearized}
 
     def bytes_per_pair(self, length):
         """Peak bytes of one draw on one series: every channel runs as a window of ``cfg.length`` steps,
