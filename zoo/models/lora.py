@@ -244,7 +244,7 @@ class AdapterTransformer(Transformer):
         with fwAD.dual_level(), sdpa_kernel(SDPBackend.MATH):  # fused attention has no forward-mode derivative
             dual = {}
             for name, value in params.items():
-                base = point[name].expand_as(value) if name in point else None
+                base = point[name].expand_as(value).contiguous() if name in point else None
                 dual[name] = value if base is None else fwAD.make_dual(base, value - base)
             out = fwAD.unpack_dual(self.evaluate(x, mask, dual, samples))
         return out.primal if out.tangent is None else out.primal + out.tangent
@@ -373,8 +373,9 @@ class LoRAClassifier(TransformerClassifier):
 
     def bytes_per_pair(self, length):
         """Peak bytes of one draw on one series: every channel runs as a window of ``cfg.length`` steps,
-        whatever ``length`` the input has (see ``TransformerClassifier.bytes_per_pair``)."""
-        return self.cfg.input_dim * super().bytes_per_pair(self.cfg.length)
+        whatever ``length`` the input has (see ``TransformerClassifier.bytes_per_pair``); a linearized
+        network carries a tangent beside every activation and unfused attention, so three times that."""
+        return (3 if self.linearized else 1) * self.cfg.input_dim * super().bytes_per_pair(self.cfg.length)
 
     def trained_parameters(self):
         """How many numbers a fit trains: the adapters and the head (every parameter for a full fine-tune)."""
