@@ -58,8 +58,14 @@ def measure(job):
     device = torch.device(job["device"])
     ds = tiled(data.load(job["dataset"]), job["scale"])
     torch.manual_seed(0)
-    model = TransformerClassifier(ds.num_classes, input_dim=ds.input_dim, max_len=max(512, ds.max_len),
-                                  bayes=job["bayes"]).to(device)
+    if job.get("adapter"):  # a LoRA or full fine-tune of one backbone (the pretraining architecture, untrained)
+        from zoo.models.backbone import Backbone
+        from zoo.models.lora import LoRAClassifier
+        model = LoRAClassifier(ds.num_classes, ds.input_dim, Backbone.random(), adapter=job["adapter"],
+                               max_len=max(512, ds.max_len)).to(device)
+    else:
+        model = TransformerClassifier(ds.num_classes, input_dim=ds.input_dim, max_len=max(512, ds.max_len),
+                                      bayes=job["bayes"]).to(device)
     predict = job["phase"] == "predict"
     if predict:  # the guide only: prediction memory does not depend on the fitted values
         posterior = fit(model, ds.train, guide=job["guide"], steps=0, seed=0, progress=False)
@@ -120,7 +126,11 @@ def main(argv=None):
     jobs = [{**base, "phase": "fit", "scale": scale, "num_samples": None} for scale in (1, args.scale)]
     jobs += [{**base, "phase": "predict", "scale": 1, "num_samples": samples[-1]}]
     jobs += [{**base, "phase": "predict", "scale": args.scale, "num_samples": s} for s in samples]
+    jobs += [{**base, "guide": "map", "phase": "fit", "scale": args.scale, "num_samples": None, "adapter": a}
+             for a in ("lora", "full")]
     rows = [run_child(job) for job in jobs]
+    adapters = {r["adapter"]: r for r in rows if r.get("adapter")}
+    rows = [r for r in rows if not r.get("adapter")]
     cuda = args.device.startswith("cuda")
     print(f"peak memory above the baseline ({args.guide}, bayes={args.bayes}, fit: {args.steps} steps, batch "
           f"{args.batch_size or 'full'}; predict: batch {args.predict_batch}; {args.device})")
@@ -138,9 +148,14 @@ def main(argv=None):
         lo, hi = samples[0], samples[-1]
         slope = (predicts[args.scale, hi] - predicts[args.scale, lo]) / (hi - lo)
         print(f"predict memory grows by {slope:.1f} MiB per draw at predict batch {args.predict_batch}")
+    lora, full = adapters["lora"], adapters["full"]
+    print(f"adapters (map fit, {args.steps} steps, x{args.scale} data, backbone d_model 64 depth 4): LoRA "
+          f"{lora['peak_mib']:.1f} MiB, full fine-tune {full['peak_mib']:.1f} MiB, ratio "
+          f"{lora['peak_mib'] / max(full['peak_mib'], 1e-9):.2f}" + (f"; CUDA {lora['cuda_peak_mib']:.1f} vs "
+                                                                    f"{full['cuda_peak_mib']:.1f} MiB" if cuda else ""))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump([*rows, lora, full], f, indent=2)
     return 0
 
 

@@ -77,11 +77,13 @@ def plain_step_seconds(x, y, steps):
     return seconds_per_call(lambda: train_step(net, optim, x, y), steps)
 
 
-def fit_step_seconds(guide, x, y, steps, bayes="weights", **options):
-    """Marginal seconds per step of ``inference.fit``, from fits of ``2`` and ``2 + steps`` steps."""
+def fit_step_seconds(guide, x, y, steps, bayes="weights", make=None, **options):
+    """Marginal seconds per step of ``inference.fit``, from fits of ``2`` and ``2 + steps`` steps.
+
+    ``make()`` builds the model (default: the workload's transformer with ``bayes``)."""
     times = []
     for k in (2, 2 + steps):
-        model = _model(bayes)
+        model = make() if make else _model(bayes)
         started = time.perf_counter()
         fit(model, (x, y), guide=guide, steps=k, lr=1e-3, progress=False, **options)
         times.append(time.perf_counter() - started)
@@ -158,6 +160,20 @@ def fsvi_step_ratio(steps):
 @figure("fsvi_last_layer_step_ratio", note="no target: fsvi with only the head Bayesian")
 def fsvi_last_layer_step_ratio(steps):
     return step_ratio("fsvi", steps, bayes="last-layer")
+
+
+@figure("adapter_step_ratio", note="no target: LoRA step / full fine-tune step, same backbone")
+def adapter_step_ratio(steps):
+    """A MAP step through LoRA adapters (rank 4 on q and v) over a MAP step of a full fine-tune of the same
+    backbone (d_model 64, depth 4, mlp 4, patches of 4: the pretraining architecture), on the workload's data."""
+    from zoo.models.backbone import Backbone
+    from zoo.models.lora import LoRAClassifier
+
+    x, y = _data()
+    backbone = Backbone.random()
+    full = fit_step_seconds("map", x, y, steps, make=lambda: LoRAClassifier(2, 1, backbone, adapter="full"))
+    lora = fit_step_seconds("map", x, y, steps, make=lambda: LoRAClassifier(2, 1, backbone))
+    return lora / full
 
 
 @figure("predictive_vectorized_speedup", (">=", 1.5))

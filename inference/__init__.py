@@ -7,7 +7,7 @@ from .posterior import Posterior
 from .arviz_io import to_inference_data
 from .compare import compare
 from .prior_predictive import PriorPredictive, prior_predictive
-from . import baselines, laplace, mcmc  # noqa: F401  (register nuts, laplace, ensemble, mc_dropout)
+from . import baselines, laplace, lora, mcmc  # noqa: F401  (register nuts, laplace, ensemble, mc_dropout, *_lora)
 from . import degeneracy  # noqa: F401
 from .mcmc import function_space, predictive_distance, weight_space
 

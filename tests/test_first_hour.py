@@ -513,14 +513,15 @@ def test_bzoo_help_imports_no_heavy_library():
     assert out.strip().splitlines()[-1] == "[]"
 
 
-def test_every_flag_shows_its_default():
+def test_every_flag_shows_its_default_or_that_it_is_required():
     parser = cli.build_parser()
     formatter = cli.HelpFormatter("bzoo")
     missing = []
     for verb, sub in parser._subparsers._group_actions[0].choices.items():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
-                if "default" not in formatter._get_help_string(action):
+                text = formatter._get_help_string(action)
+                if ("(required)" not in text) if action.required else ("default" not in text):
                     missing.append(f"{verb} {action.option_strings[0]}")
     assert not missing, missing
 

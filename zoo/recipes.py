@@ -18,6 +18,10 @@ FIT = {
     "sgpa-decoupled": {"steps": 1500, "lr": 3e-3},
     "kep-svgp": {"steps": 1500, "lr": 3e-3},
     "fsvi": {"steps": 2000, "lr": 1e-2},
+    "blob": {"steps": 2000, "lr": 1e-2},
+    "laplace_lora": {"steps": 1000, "lr": 1e-2},
+    "swag_lora": {"steps": 1000, "lr": 1e-2},
+    "lora_ensemble": {"steps": 1000, "lr": 1e-2},
 }
 GENERIC = {"steps": 1000, "lr": 3e-3}
 NUM_SAMPLES = 100  # predictive draws for evaluation
@@ -59,6 +63,30 @@ STUDY = [
     {"label": "last-layer fsvi (GP prior)", "guide": "fsvi", "bayes": "last-layer",
      "prior": "gp:kernel=rbf,lengthscale=1",
      "select": {"prior": [f"gp:kernel=rbf,lengthscale={v}" for v in (0.5, 1, 2)]}},
+]
+# Bayesian low-rank adapters (docs/lora.md) on a backbone pretrained without the row's dataset, at temperature 1:
+# "backbone": "pretrained" means `zoo.pretrain.adapter_model(row, dataset)`, which takes the backbone from
+# `zoo.pretrain.cached_backbone(dataset.name)` (pretrained once per excluded dataset, then reused). A "select" key
+# is chosen on a validation split carved from training: a fit option, or the row's "prior" when it names it.
+# `bzoo bench lora` runs these rows against the full-weight MAP row; the study adds them once it builds adapter
+# models (STUDY + LORA_STUDY).
+ADAPTER = "lora:rank=4,alpha=8"
+LORA_STUDY = [
+    {"label": "LoRA map", "guide": "map", "adapter": ADAPTER, "backbone": "pretrained",
+     "options": {"steps": 1000, "lr": 1e-2}, "select": {"lr": [3e-3, 1e-2]}},
+    {"label": "LoRA mean_field", "guide": "mean_field", "bayes": "adapters", "adapter": ADAPTER,
+     "backbone": "pretrained", "options": {"steps": 2000, "lr": 1e-2},
+     "select": {"prior": ["gaussian:scale=0.1", "gaussian:scale=1"]}},
+    {"label": "BLoB", "guide": "blob", "bayes": "adapters", "adapter": ADAPTER, "backbone": "pretrained",
+     "options": {"steps": 2000, "lr": 1e-2}, "select": {"prior": ["gaussian:scale=0.2", "gaussian:scale=1"]}},
+    {"label": "Laplace-LoRA", "guide": "laplace_lora", "bayes": "adapters", "adapter": ADAPTER,
+     "backbone": "pretrained", "options": {"steps": 1000, "lr": 1e-2}},
+    {"label": "SWAG-LoRA", "guide": "swag_lora", "adapter": ADAPTER, "backbone": "pretrained",
+     "options": {"steps": 1000, "lr": 1e-2}, "select": {"swag_lr": [3e-3, 1e-2, 3e-2]}},
+    {"label": "LoRA ensemble", "guide": "lora_ensemble", "adapter": ADAPTER, "backbone": "pretrained",
+     "options": {"steps": 1000, "lr": 1e-2, "num_members": 5}},
+    {"label": "full fine-tune map", "guide": "map", "adapter": "full", "backbone": "pretrained",
+     "options": {"steps": 1000, "lr": 1e-3}},
 ]
 # The gold-standard reference row (`bzoo study --reference`): NUTS on a 602-weight, one-block
 # transformer, 4 chains in 2 processes (docs/reference.md has how it was chosen and its mixing).

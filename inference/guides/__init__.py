@@ -6,6 +6,7 @@ function-space guide (a GP prior over the logits) in ``fsvi``; a new family regi
 from .attention import BAM, Dirichlet
 from .fsvi import FSVI
 from .gp import KEPSVGP, SGPA, DecoupledSGPA
+from .lora import BLoB
 from .weight import MIN_SCALE, Delta, MeanField, global_sites, low_rank
 
 GUIDES = {
@@ -18,7 +19,8 @@ GUIDES = {
     "sgpa-decoupled": DecoupledSGPA,
     "kep-svgp": KEPSVGP,
     "fsvi": FSVI,
+    "blob": BLoB,
 }
 
 __all__ = ["GUIDES", "Delta", "MeanField", "low_rank", "Dirichlet", "BAM", "SGPA", "DecoupledSGPA", "KEPSVGP",
-           "FSVI", "MIN_SCALE", "global_sites"]
+           "FSVI", "BLoB", "MIN_SCALE", "global_sites"]

@@ -38,6 +38,24 @@ def add_model_arguments(parser, many_priors=False):
                                                   "at most {max_tokens} tokens)")
 
 
+def add_adapter_arguments(parser):
+    parser.add_argument("--backbone", metavar="DIR", help="fine-tune a frozen backbone from `bzoo pretrain` through "
+                                                          "adapters instead of training a transformer from scratch (default: none)")
+    parser.add_argument("--adapter", metavar="SPEC", default="lora",
+                        help="with --backbone: lora[:rank=4,alpha=8,targets=*.attn.[qv]] or full (default lora)")
+
+
+def build_adapter_model(args, dataset, prior=None, bayes=None):
+    """The LoRAClassifier the flags describe; architecture flags set off their defaults must match the backbone."""
+    from zoo.models.lora import LoRAClassifier
+
+    shape = {k: getattr(args, k) for k in recipes.MODEL if getattr(args, k) != recipes.MODEL[k]}
+    if args.patch:
+        shape["patch"] = args.patch
+    return LoRAClassifier.for_dataset(dataset, args.backbone, adapter=args.adapter, dropout=args.dropout,
+                                      bayes=bayes or args.bayes, prior=prior or args.prior or recipes.PRIOR, **shape)
+
+
 def add_run_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="random seed, 0 to 2**32-1")
     parser.add_argument("--out", metavar="DIR", help="run folder to write, refused if it holds a run "

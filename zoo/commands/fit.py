@@ -9,13 +9,14 @@ saved elsewhere and the error says where.
 """
 from zoo import recipes
 
-from .common import (add_data_arguments, add_model_arguments, add_run_arguments, build_model, check_output,
+from .common import (add_adapter_arguments, add_data_arguments, add_model_arguments, add_run_arguments, build_adapter_model, build_model, check_output,
                      check_run_arguments, dataset_name, flag, load_data, seed_everything, self_contained)
 
 
 def add_arguments(parser):
     add_data_arguments(parser)
     add_model_arguments(parser)
+    add_adapter_arguments(parser)
     parser.add_argument("--guide", default="mean_field", help="one of: {guides}")
     parser.add_argument("--steps", type=int, help="optimizer steps (default per guide, see zoo/recipes.py)")
     parser.add_argument("--lr", type=float, help="Adam learning rate (default per guide, see zoo/recipes.py)")
@@ -60,7 +61,7 @@ def run(args):
         raise UserError(f"--num-samples must be an integer >= 1, got {num_samples}")
     dataset = load_data(args)
     seed_everything(args.seed)
-    model = build_model(args, dataset)
+    model = build_adapter_model(args, dataset) if args.backbone else build_model(args, dataset)
     draws = 1 if point else num_samples
     sizes = (sum(v.numel() for v in model.initial_values().values()), len(dataset.train) + len(dataset.test),
              dataset.num_classes, len(dataset.train))

@@ -127,8 +127,12 @@ class TransformerClassifier(nn.Module):
                 gp_attention.install(self.net, self.attention, resolved)
             else:
                 self.net.attend = SampledAttention(self.attention, resolved)
+        self.declare_sites(bayesian_names(self.net, weights), prior)
+
+    def declare_sites(self, names, prior):
+        """Make network parameters ``names`` sample sites under ``prior`` (a Prior, PriorMap or spec)."""
         params = dict(self.net.named_parameters())
-        self.sites = {n: describe(n, params[n], self.net) for n in bayesian_names(self.net, weights)}
+        self.sites = {n: describe(n, params[n], self.net) for n in names}
         for n in self.sites:
             params[n].requires_grad_(False)  # kept as the guides' initial value
         self.prior = priors_pkg.parse(prior) if isinstance(prior, (str, dict)) else prior

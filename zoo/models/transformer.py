@@ -105,9 +105,13 @@ class Transformer(nn.Module):
         self.head = nn.Linear(cfg.d_model, cfg.num_classes)
         self.attend = softmax_attention  # attention-space models put a sampling attention here
 
+    def weights(self):
+        """Name -> tensor of every weight the network computes with: its parameters (a frozen backbone adds buffers)."""
+        return dict(self.named_parameters())
+
     def parameters_with(self, params):
-        """The module's own parameters with ``params`` standing in, and the sample count S (or None)."""
-        p = dict(self.named_parameters())
+        """The module's own weights with ``params`` standing in, and the sample count S (or None)."""
+        p = self.weights()
         if not params:
             return p, None
         sizes = set()
@@ -124,6 +128,13 @@ class Transformer(nn.Module):
     def forward(self, x, mask=None, params=None, samples=None):
         """Logits [B, K], or [S, B, K] when drawn parameters (or ``samples``) give S draws."""
         self.check_input(x)
+        h, mask, p = self.encode(x, mask, params, samples)
+        h = masked_mean(h, mask)
+        h = layer_norm(h, p["ln_f.weight"], p["ln_f.bias"])
+        return self.project(h, p, "head")
+
+    def encode(self, x, mask=None, params=None, samples=None):
+        """Token states after the blocks ([(S,) B, N, d], before the final norm), their mask and the weights used."""
         p, s = self.parameters_with(params)
         s = s or samples
         cfg = self.cfg
@@ -134,16 +145,18 @@ class Transformer(nn.Module):
         else:
             if s:  # give the input the leading sample dim once, so every later op can rely on it
                 x = x.expand(s, *x.shape)
-            h = linear(x, p["embed.weight"], p["embed.bias"])
+            h = self.project(x, p, "embed")
         h = h + self.pos[: h.shape[-2]]
         if s and h.dim() == 3:
             h = h.expand(s, *h.shape)
         for i in range(cfg.depth):
             h = h + self.attention(layer_norm(h, p[f"blocks.{i}.ln1.weight"], p[f"blocks.{i}.ln1.bias"]), p, i, mask)
             h = h + self.mlp(layer_norm(h, p[f"blocks.{i}.ln2.weight"], p[f"blocks.{i}.ln2.bias"]), p, i)
-        h = masked_mean(h, mask)
-        h = layer_norm(h, p["ln_f.weight"], p["ln_f.bias"])
-        return linear(h, p["head.weight"], p["head.bias"])
+        return h, mask, p
+
+    def project(self, h, p, name):
+        """The linear layer ``name`` (embed, blocks.{i}.attn.qkv, ..., head) with weights from ``p``; adapters hook here."""
+        return linear(h, p[name + ".weight"], p[name + ".bias"])
 
     def check_input(self, x):
         """Refuse inputs the network would silently truncate or fail on deep inside."""
@@ -159,17 +172,17 @@ class Transformer(nn.Module):
     def attention(self, h, p, i, mask):
         a = f"blocks.{i}.attn."
         *lead, t, d = h.shape
-        qkv = linear(h, p[a + "qkv.weight"], p[a + "qkv.bias"])
+        qkv = self.project(h, p, a + "qkv")
         q, k, v = (z.reshape(*lead, t, self.cfg.heads, d // self.cfg.heads).transpose(-2, -3)
                    for z in qkv.split(d, dim=-1))
         y = self.attend(q, k, v, mask, layer=i, params=p)  # hooks with parameters of their own read them from p
         y = y.transpose(-2, -3).reshape(*lead, t, d)
-        return self.dropout(linear(y, p[a + "proj.weight"], p[a + "proj.bias"]))
+        return self.dropout(self.project(y, p, a + "proj"))
 
     def mlp(self, h, p, i):
         m = f"blocks.{i}.mlp."
-        h = F.gelu(linear(h, p[m + "fc.weight"], p[m + "fc.bias"]))
-        return self.dropout(linear(h, p[m + "proj.weight"], p[m + "proj.bias"]))
+        h = F.gelu(self.project(h, p, m + "fc"))
+        return self.dropout(self.project(h, p, m + "proj"))
 
     def dropout(self, h):
         return F.dropout(h, self.cfg.dropout, self.training) if self.cfg.dropout else h
