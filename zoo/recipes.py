@@ -25,24 +25,47 @@ def fit_options(method, **overrides):
     return options
 
 
-# The rows of `bzoo study`: where uncertainty lives x prior x guide. Each row is a
-# label, a guide (or method), where (`bayes`), optionally a prior, model and fit options.
-# Weight-space SVI at temperature 1 collapses to the prior on ItalyPowerDemand (67
-# series, ~17k weights); the cold rows use temperatures measured to fit (docs/results.md:
-# low-rank still collapsed at T=0.1 and reached 0.958 at T=0.03).
+# The rows of `bzoo study`: where uncertainty lives x prior x guide. A row is a dict:
+#   label    its name, unique among rows and peers (what `--methods` takes)
+#   guide    a guide or method for `inference.fit` (map, mean_field, low_rank, dirichlet, bam, laplace,
+#            ensemble, mc_dropout, nuts, or any registered later)
+#   bayes    where uncertainty lives (TransformerClassifier's `bayes`; default "weights")
+#   prior    the weight prior spec (default PRIOR); `attention_prior` the attention rows' prior
+#   model    model options over MODEL (e.g. {"d_model": 8}); `options` fit options over FIT[guide]
+#   select   hyperparameters chosen per dataset and seed on a validation split carved from training,
+#            never on test: {key: [candidates, ...]}. A key is a fit option ("temperature", "lr",
+#            "steps", "num_members", ...), "model.<option>" ("model.dropout"), "prior" or
+#            "attention_prior" (whole specs, e.g. for a prior scale). Several keys make a grid (their
+#            product). Each candidate is fitted on the training split less the validation split and
+#            scored by validation NLL; the lowest (first on ties) is refitted on the whole training
+#            split and evaluated on test once (zoo/study/select.py, docs/study.md).
+# Temperatures are selected, not set: T = 1 collapses weight-space VI to the prior on small sets,
+# and which colder T fits is a property of the data, found on validation.
+TEMPERATURES = [1.0, 0.3, 0.1, 0.03, 0.01]
 STUDY = [
     {"label": "map", "guide": "map"},
-    {"label": "mean_field", "guide": "mean_field"},
-    {"label": "mean_field T=0.1", "guide": "mean_field", "options": {"temperature": 0.1}},
-    {"label": "low_rank", "guide": "low_rank"},
-    {"label": "low_rank T=0.03", "guide": "low_rank", "options": {"temperature": 0.03}},
-    {"label": "last-layer mean_field", "guide": "mean_field", "bayes": "last-layer"},
+    {"label": "mean_field", "guide": "mean_field", "select": {"temperature": TEMPERATURES}},
+    {"label": "low_rank", "guide": "low_rank", "select": {"temperature": TEMPERATURES}},
+    {"label": "last-layer mean_field", "guide": "mean_field", "bayes": "last-layer",
+     "select": {"prior": ["gaussian:scale=0.3", "gaussian:scale=1", "gaussian:scale=3"]}},
     {"label": "dirichlet attention", "guide": "dirichlet", "bayes": "attention"},
     {"label": "bam attention", "guide": "bam", "bayes": "bam"},
     {"label": "laplace", "guide": "laplace"},
     {"label": "ensemble", "guide": "ensemble"},
-    {"label": "mc_dropout", "guide": "mc_dropout", "model": {"dropout": 0.1}},
+    {"label": "mc_dropout", "guide": "mc_dropout", "select": {"model.dropout": [0.05, 0.1, 0.2]}},
 ]
+# The peers of `bzoo study` (zoo/study/peers.py): {"label", "peer": a name in PEERS, "options": {...}}.
+STUDY_PEERS = [
+    {"label": "plain", "peer": "plain"},
+    {"label": "minirocket", "peer": "minirocket"},
+    {"label": "laplace-torch", "peer": "laplace-torch"},
+]
+# How the study evaluates a cell (docs/study.md): posterior draws on test and OOD inputs; on each of
+# the 12 shifted test sets, fewer draws on at most `shift_inputs` test series (their metrics are
+# averaged over the 12 sets); the validation split's fraction of training (stratified, at least one
+# series per class in both parts where a class has two); `--quick` cuts steps and draws.
+EVALUATION = {"samples": 50, "shift_samples": 20, "shift_inputs": 256, "validation_fraction": 0.2, "bins": 15}
+QUICK = {"steps_scale": 0.1, "samples": 10, "shift_samples": 5, "shift_inputs": 128}
 # The gold-standard reference row (`bzoo study --reference`): NUTS on a 602-weight, one-block
 # transformer, 4 chains in 2 processes (docs/reference.md has how it was chosen and its mixing).
 REFERENCE = {"label": "nuts (reference)", "guide": "nuts", "model": {"d_model": 8, "depth": 1, "heads": 2},
