@@ -25,6 +25,7 @@ def add_arguments(parser):
                         help=f"predictive draws on test and OOD (default {recipes.EVALUATION['samples']})")
     parser.add_argument("--jobs", type=int, help="run cells on a local Dask cluster of N worker processes")
     parser.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run cells on an existing Dask cluster")
+    parser.add_argument("--threads", type=int, help="torch threads per cell (default: the cores / --jobs)")
     parser.add_argument("--memory-budget", metavar="SIZE",
                         help="memory one cell may use, e.g. 4G (default: half the available memory / concurrent cells)")
     parser.add_argument("--out", metavar="DIR", help="study folder (default runs/study-DATASET-SEEDS); rerun to resume")
@@ -42,7 +43,7 @@ def run(args):
                                 peers=not args.no_peers, reference=args.reference, steps_scale=args.steps_scale,
                                 num_samples=args.num_samples, jobs=args.jobs, scheduler=args.scheduler,
                                 memory_budget=args.memory_budget, overwrite=args.overwrite, device=args.device,
-                                progress=not args.no_progress)
+                                threads=args.threads, progress=not args.no_progress)
     summary = results["summary"]
     width = max([len(m) for m in results["study"]["methods"]] + [6])
     for dataset in results["study"]["datasets"]:

@@ -242,6 +242,9 @@ def run_cell(task):
     """Run one cell; ``task`` is plain data (see ``zoo.study.run``). Returns ``{"record", "arrays"}``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(task["threads"])
+    cuda = torch.device(task["device"]).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(task["device"])
     started = time.perf_counter()
     try:
         with PeakSampler() as peak, limited(task["evaluation"]["predict_chunk"]):
@@ -255,7 +258,8 @@ def run_cell(task):
               **record, "seconds": time.perf_counter() - started, "threads": task["threads"],
               "worker": f"{socket.gethostname()}:{os.getpid()}",
               "memory": {"estimate": task["estimate"], "budget": task["budget"], "start_rss": peak.start,
-                         "peak_rss": peak.peak, "peak_above_start": peak.peak - peak.start}}
+                         "peak_rss": peak.peak, "peak_above_start": peak.peak - peak.start,
+                         "peak_device": torch.cuda.max_memory_allocated(task["device"]) if cuda else None}}
     return {"record": record, "arrays": arrays}
 
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .footprint import default_budget
 from .plan import StudyError
 
-CONNECT_TIMEOUT = 10  # seconds
+CONNECT_TIMEOUT = 5  # seconds: an unreachable --scheduler is reported well within 10 s
 
 
 def cores():
@@ -31,12 +31,14 @@ def cores():
 
 
 class Engine:
-    def __init__(self, jobs=None, scheduler=None):
+    def __init__(self, jobs=None, scheduler=None, threads=None):
         if jobs is not None and scheduler is not None:
             raise StudyError("--jobs starts a local cluster and --scheduler uses an existing one; give one of them")
         if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
             raise StudyError(f"--jobs must be an integer >= 1, got {jobs}")
-        self.jobs, self.scheduler = jobs, scheduler
+        self.jobs, self.scheduler, self.fixed_threads = jobs, scheduler, threads
+        if scheduler is not None:
+            probe(scheduler)
         self.client = self.cluster = None
         self._threads = {}
 
@@ -69,7 +71,7 @@ class Engine:
 
         try:
             self.client = Client(self.scheduler, timeout=f"{CONNECT_TIMEOUT}s")
-        except (OSError, TimeoutError, ValueError) as e:
+        except (OSError, TimeoutError) as e:
             raise StudyError(f"--scheduler {self.scheduler}: no Dask scheduler answered within {CONNECT_TIMEOUT} s "
                              f"({type(e).__name__})") from None
         workers = self.client.scheduler_info()["workers"]
@@ -92,7 +94,9 @@ class Engine:
         return len(self.client.scheduler_info()["workers"])
 
     def threads(self):
-        """Torch threads for one cell (in-process: every core)."""
+        """Torch threads for one cell: as fixed, else in-process every core, on Dask the worker's share."""
+        if self.fixed_threads is not None:
+            return self.fixed_threads
         return cores() if self.client is None else self.default_threads
 
     def default_budget(self):
@@ -126,7 +130,8 @@ class Engine:
         logging.getLogger("distributed").setLevel(logging.ERROR)  # a dead worker is handled: no traceback noise
         futures = {}
         for rank, task in enumerate(tasks):
-            future = self.client.submit(_on_worker, run_cell, task, self._threads, key=f"bzoo-{task['key']}",
+            threads = {} if self.fixed_threads is not None else self._threads
+            future = self.client.submit(_on_worker, run_cell, task, threads, key=f"bzoo-{task['key']}",
                                         pure=False, priority=len(tasks) - rank)
             futures[future] = task
         try:
@@ -143,6 +148,27 @@ class Engine:
         finally:
             for future in futures:
                 future.cancel()
+
+
+def probe(address):
+    """Refuse at once a scheduler address that is malformed or where nothing listens (a TCP connect, no Dask)."""
+    import socket
+
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+
+    try:
+        scheme, location = parse_address(address, strict=True)
+        host, port = parse_host_port(location)
+    except ValueError as e:
+        raise StudyError(f"--scheduler {address} is not an address such as tcp://HOST:PORT ({e})") from None
+    if scheme not in ("tcp", "tls"):
+        return
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+    except OSError as e:
+        raise StudyError(f"--scheduler {address}: nothing answered within {CONNECT_TIMEOUT} s "
+                         f"({e.strerror or type(e).__name__})") from None
 
 
 def _named(run_cell, task):

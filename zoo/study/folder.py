@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from ..runs import to_plain
 from .plan import StudyError, slug
@@ -116,6 +117,9 @@ class StudyFolder:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StudyError(f"cannot create --out '{self.root}': {e.strerror}") from None
+        for stale in self.root.glob("cells/*/*/.*.tmp"):  # left by a process killed mid-write
+            if not psutil.pid_exists(int(stale.name.rsplit(".", 2)[-2])):
+                stale.unlink(missing_ok=True)
         if not self.resuming:
             import zoo
 

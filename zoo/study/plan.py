@@ -176,17 +176,11 @@ def versions():
 
 def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, reference=False, steps_scale=None,
               num_samples=None, device="cpu", chunk=PREDICT_CHUNK):
-    """Check every list and option and build the Plan; any problem is a one-line StudyError naming it."""
-    names = parse_list(datasets if datasets is not None else zdata.DEFAULT_DATASET, "--datasets")
-    if len(names) == 1 and names[0].lower() == "all":
-        names = shipped_names()
-    elif any(n.lower() == "all" for n in names):
-        raise StudyError("--datasets: 'all' stands alone; it means every shipped dataset")
-    entries = [dataset_entry(n) for n in names]
-    ids = [e["id"] for e in entries]
-    for i in ids:
-        if ids.count(i) > 1:
-            raise StudyError(f"--datasets names dataset '{i}' twice")
+    """Check every list and option and build the Plan; any problem is a one-line StudyError naming it.
+
+    Names, seeds, methods and options are checked before any dataset is loaded.
+    """
+    names = dataset_names(datasets)
     seeds = parse_seeds(seeds if seeds is not None else "0")
     offered = methods_offered(reference)
     if methods is None:
@@ -218,5 +212,28 @@ def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, 
         if num_samples < 1:
             raise StudyError(f"--num-samples must be >= 1, got {num_samples}")
         evaluation["samples"] = int(num_samples)
-    device = str(torch.device(device))
-    return Plan(entries, seeds, rows, evaluation, bool(quick), device, versions())
+    entries = [dataset_entry(n) for n in names]
+    ids = [e["id"] for e in entries]
+    for i in ids:
+        if ids.count(i) > 1:
+            raise StudyError(f"--datasets names dataset '{i}' twice")
+    return Plan(entries, seeds, rows, evaluation, bool(quick), str(torch.device(device)), versions())
+
+
+def dataset_names(datasets):
+    """The asked datasets as shipped names or file paths, each checked to exist (``all``: every shipped one)."""
+    names = parse_list(datasets if datasets is not None else zdata.DEFAULT_DATASET, "--datasets")
+    shipped = shipped_names()
+    if len(names) == 1 and names[0].lower() == "all":
+        return shipped
+    known = {n.lower() for n in shipped}
+    for name in names:
+        if name.lower() == "all":
+            raise StudyError("--datasets: 'all' stands alone; it means every shipped dataset")
+        if Path(name).suffix.lower() in (".npz", ".csv"):
+            if not Path(name).is_file():
+                raise StudyError(f"--datasets: data file '{name}' does not exist")
+        elif name.lower() not in known:
+            raise StudyError(f"--datasets: unknown dataset '{name}'; shipped: {', '.join(shipped)} "
+                             f"(or a .npz/.csv file)")
+    return names

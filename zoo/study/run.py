@@ -20,7 +20,7 @@ def default_out(plan):
 
 def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False, peers=True, reference=False,
               steps_scale=None, num_samples=None, jobs=None, scheduler=None, memory_budget=None, overwrite=False,
-              device="cpu", progress=True):
+              device="cpu", threads=None, progress=True):
     """Run (or resume) a study into folder ``out``; returns the results dict (also in ``out/results.json``).
 
     ``datasets``, ``seeds``, ``methods``: comma-separated strings or lists (``datasets="all"``
@@ -28,17 +28,21 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
     cuts steps and draws (``recipes.QUICK``). ``jobs`` runs cells on a local Dask cluster of
     that many processes, ``scheduler`` on an existing one; neither runs them here.
     ``memory_budget`` (bytes or "4G") is what one cell may use; by default half of the
-    available memory shared among the concurrent cells.
+    available memory shared among the concurrent cells. ``threads``: torch threads per cell (default: the
+    cores, shared among the workers on each machine).
     """
     from inference.memory import parse_size
 
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise StudyError(f"--threads must be an integer >= 1, got {threads}")
+    engine = Engine(jobs, scheduler, threads)  # flags first: a bad --jobs or an unreachable --scheduler before any data
     budget = None if memory_budget is None else (parse_size(memory_budget) if isinstance(memory_budget, str)
                                                  else int(memory_budget))
     chunk = PREDICT_CHUNK if budget is None else min(PREDICT_CHUNK, budget // 2)
     plan = make_plan(datasets, seeds, methods, quick=quick, peers=peers, reference=reference,
                      steps_scale=steps_scale, num_samples=num_samples, device=device, chunk=chunk)
     folder = StudyFolder.check(out or default_out(plan), plan.config(), plan.fingerprint(), overwrite)
-    with Engine(jobs, scheduler) as engine:
+    with engine:
         budget = budget or engine.default_budget()
         tasks, finished = [], []
         for dataset, seed, row in plan.cells():
