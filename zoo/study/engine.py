@@ -1,15 +1,16 @@
 """Where cells run: in this process one after another, on a local Dask cluster (``jobs``), or on a user's scheduler.
 
-``Engine(jobs=None, scheduler=None)`` is a context manager. With neither, cells run here
-(no cluster: the default ``bzoo study`` stays light), using every core. ``jobs=N`` starts
-a ``distributed.LocalCluster`` of N worker processes with one Dask thread each, free
-ports and no dashboard; each cell sets torch to cores // N threads so the cores are not
-oversubscribed. ``scheduler="tcp://HOST:PORT"`` sends cells to an existing cluster
-(each worker gets its host's cores shared among the workers on that host); one that
-does not answer within ``CONNECT_TIMEOUT`` seconds is refused in one line. On Dask a
-worker that dies has its cell rescheduled by the scheduler (up to its
-``allowed-failures``), and a LocalCluster's nanny restarts the worker, so the study
-completes. ``run(tasks, on_done)`` calls ``on_done(result)`` in this process as each
+``Engine(jobs=None, scheduler=None, threads=None)`` is a context manager. With neither,
+cells run here (no cluster: the default ``bzoo study`` stays light), using every core.
+``jobs=N`` starts a ``distributed.LocalCluster`` of N worker processes with one Dask
+thread each, free ports and no dashboard; each cell sets torch to cores // N threads
+(or ``threads``) so the cores are not oversubscribed. Cells are prioritized in the
+order given (``run_study`` puts the longest first). ``scheduler="tcp://HOST:PORT"``
+sends cells to an existing cluster (each worker gets its host's cores shared among the
+workers on that host); one where nothing answers within ``CONNECT_TIMEOUT`` seconds is
+refused in one line. On Dask a worker that dies has its cell rescheduled by the
+scheduler (up to its ``allowed-failures``), and a LocalCluster's nanny restarts the
+worker, so the study completes. ``run(tasks, on_done)`` calls ``on_done(result)`` in this process as each
 cell finishes, with a progress bar of cells done / total and an ETA.
 """
 import logging

@@ -57,6 +57,9 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
             tasks.append({"dataset": dataset["id"], "ref": dataset["ref"], "seed": seed, "row": row, "key": key,
                           "label": label, "evaluation": plan.evaluation, "device": plan.device,
                           "threads": engine.threads(), "estimate": need, "budget": budget})
+        if engine.client is not None:  # longest first, so the last cells to finish are short ones
+            tasks.sort(key=lambda t: -work(t["row"], next(d for d in plan.datasets if d["id"] == t["dataset"]),
+                                           plan.evaluation))
         folder.open()
         engine.run(tasks, folder.write_cell, total=len(finished) + len(tasks), done=len(finished), progress=progress)
     from .report import write
@@ -69,6 +72,20 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
                              f"'{folder.root}' after the run")
         cells.append(cell)
     return write(plan, folder, cells), folder
+
+
+def work(row, dataset, evaluation):
+    """A rough cost of a cell for ordering: fits x steps x series x tokens (x4 for sampled attention), plus
+    prediction draws x test series x tokens."""
+    from ..models import default_patch
+    from .select import candidates
+
+    shapes = dataset["shapes"]
+    tokens = shapes["length"] / (1 if shapes["tokens"] else default_patch(shapes["length"]))
+    fits = len(candidates(row)) + 1 if row.get("select") else 1
+    steps = row.get("options", {}).get("steps", 1000) * evaluation["steps_scale"]
+    attention = 4 if row.get("bayes") in ("attention", "dirichlet", "bam") else 1
+    return attention * tokens * (3 * fits * steps * shapes["n_train"] + evaluation["samples"] * 2 * shapes["n_test"])
 
 
 def cell_estimate(row, dataset, evaluation):
