@@ -63,9 +63,11 @@ STUDY_PEERS = [
 # How the study evaluates a cell (docs/study.md): posterior draws on test and OOD inputs; on each of
 # the 12 shifted test sets, fewer draws on at most `shift_inputs` test series (their metrics are
 # averaged over the 12 sets); the validation split's fraction of training (stratified, at least one
-# series per class in both parts where a class has two); `--quick` cuts steps and draws.
+# series per class in both parts where a class has two). `--quick` cuts steps and draws, and keeps at
+# most QUICK_GRID values of each selection list (the ends and the middle).
 EVALUATION = {"samples": 50, "shift_samples": 20, "shift_inputs": 256, "validation_fraction": 0.2, "bins": 15}
 QUICK = {"steps_scale": 0.1, "samples": 10, "shift_samples": 5, "shift_inputs": 128}
+QUICK_GRID = 3
 # The gold-standard reference row (`bzoo study --reference`): NUTS on a 602-weight, one-block
 # transformer, 4 chains in 2 processes (docs/reference.md has how it was chosen and its mixing).
 REFERENCE = {"label": "nuts (reference)", "guide": "nuts", "model": {"d_model": 8, "depth": 1, "heads": 2},

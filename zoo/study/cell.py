@@ -245,7 +245,7 @@ def run_cell(task):
     cuda = torch.device(task["device"]).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(task["device"])
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     try:
         with PeakSampler() as peak, limited(task["evaluation"]["predict_chunk"]):
             try:
@@ -255,7 +255,8 @@ def run_cell(task):
     finally:
         torch.set_num_threads(threads)
     record = {"dataset": task["dataset"], "seed": task["seed"], "method": task["row"]["label"], "key": task["key"],
-              **record, "seconds": time.perf_counter() - started, "threads": task["threads"],
+              **record, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
+              "threads": task["threads"],
               "worker": f"{socket.gethostname()}:{os.getpid()}",
               "memory": {"estimate": task["estimate"], "budget": task["budget"], "start_rss": peak.start,
                          "peak_rss": peak.peak, "peak_above_start": peak.peak - peak.start,

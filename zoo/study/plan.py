@@ -197,6 +197,9 @@ def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, 
         rows = [resolve_row(r) for r in rows]
     except ValueError as e:
         raise StudyError(str(e)) from None
+    if quick:
+        rows = [{**r, "select": {k: thin(v, recipes.QUICK_GRID) for k, v in r["select"].items()}}
+                if r.get("select") else r for r in rows]
     slugs = [slug(r["label"]) for r in rows]
     for r, s in zip(rows, slugs):
         if slugs.count(s) > 1:
@@ -218,6 +221,14 @@ def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, 
         if ids.count(i) > 1:
             raise StudyError(f"--datasets names dataset '{i}' twice")
     return Plan(entries, seeds, rows, evaluation, bool(quick), str(torch.device(device)), versions())
+
+
+def thin(values, most):
+    """At most ``most`` of a grid's values, spread over it, the ends kept: [1, .3, .1, .03, .01] -> [1, .1, .01]."""
+    values = list(values)
+    if len(values) <= most:
+        return values
+    return [values[round(i * (len(values) - 1) / (most - 1))] for i in range(most)]
 
 
 def dataset_names(datasets):

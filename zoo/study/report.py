@@ -104,6 +104,7 @@ def cost_table(cells, plan):
                              "fit_seconds": float(np.mean([c["fit_seconds"] for c in mine])),
                              "predict_seconds": float(np.mean([c["predict_seconds"] for c in mine])),
                              "cell_seconds": float(np.mean([c["seconds"] for c in mine])),
+                             "cpu_seconds": float(np.mean([c["cpu_seconds"] for c in mine])),
                              "peak_rss": max(c["memory"]["peak_rss"] for c in mine),
                              "peak_above_start": max(c["memory"]["peak_above_start"] for c in mine),
                              "estimate": max(c["memory"]["estimate"] for c in mine)}
@@ -227,12 +228,13 @@ def markdown(plan, results, metrics, plots):
             scores = ", ".join(f"{json_values(e['values'])}: {fmt(e['nll'], 3)}" for e in c["selection"]["candidates"])
             lines.append(f"| {c['dataset']} | {c['seed']} | {c['method']} | {json_values(c['selected'])} | {scores} |")
     lines += ["", "## Cost per method", "", "Mean over cells, on this machine; a cell's fits are the selection "
-              "candidates plus the refit.", "",
-              "| method | cells | fits per cell | fit s | predict s | cell s | peak RSS | peak above start | estimate |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "candidates plus the refit; CPU seconds (all threads of the process) do not grow with the machine's "
+              "load as wall seconds do.", "",
+              "| method | cells | fits per cell | fit s | predict s | cell s | cell CPU s | peak RSS | peak above start "
+              "| estimate |", "|---|---|---|---|---|---|---|---|---|---|"]
     for m, c in results["cost"].items():
         lines.append(f"| {m} | {c['cells']} | {c['fits_per_cell']} | {c['fit_seconds']:.1f} | "
-                     f"{c['predict_seconds']:.1f} | {c['cell_seconds']:.1f} | {show(c['peak_rss'])} | "
+                     f"{c['predict_seconds']:.1f} | {c['cell_seconds']:.1f} | {c['cpu_seconds']:.1f} | {show(c['peak_rss'])} | "
                      f"{show(c['peak_above_start'])} | {show(c['estimate'])} |")
     if results["peak_memory"]:
         lines += ["", f"Largest peak memory (resident, whole worker process): "
