@@ -58,7 +58,7 @@ def test_a_worker_killed_mid_cell_has_its_cell_rescheduled_and_the_study_complet
 
 def bzoo_study(out, *extra):
     return [sys.executable, "-m", "zoo.cli", "study", "--datasets", "ItalyPowerDemand,GunPoint", "--seeds", "0,1",
-            "--methods", "map,mean_field,plain", "--steps-scale", "0.02", "--num-samples", "3", "--jobs", "2",
+            "--methods", "map,plain", "--steps-scale", "0.05", "--num-samples", "3", "--jobs", "2",
             "--no-progress", "--out", str(out), *extra]
 
 
@@ -77,9 +77,9 @@ def test_kill_9_part_way_then_rerun_completes_equal_to_an_uninterrupted_run(tmp_
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive  # the Dask workers die with the study: nothing keeps running
     finished = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in part.glob("cells/*/*/*") if p.suffix in (".json", ".npz")}
-    assert 3 <= len([p for p in finished if p.suffix == ".json"]) < 12
+    assert 3 <= len([p for p in finished if p.suffix == ".json"]) < 8
     subprocess.run(bzoo_study(part), cwd=ROOT, check=True, capture_output=True)
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in finished} == finished
     a = json.loads((whole / "results.json").read_text())
     b = json.loads((part / "results.json").read_text())
-    assert numbers(a) == numbers(b) and len(b["cells"]) == 12
+    assert numbers(a) == numbers(b) and len(b["cells"]) == 8
