@@ -48,40 +48,11 @@ def test_empirical_prior_from_a_map_run(tmp_path):
     assert "empirical" in json.loads((second / "run.json").read_text())["config"]["model"]["prior"]
 
 
-def test_study_smoke_run_writes_results(tmp_path, capsys):
-    out = tmp_path / "study"
-    rows = ",".join(r["label"] for r in recipes.STUDY[:2])
-    assert bzoo("study", "--methods", rows, "--steps-scale", 0.01, "--num-samples", 4, "--no-peers",
-                "--out", out) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert set(results["metrics"]) == {r["label"] for r in recipes.STUDY[:2]}
-    text = (out / "results.md").read_text()
-    assert "| map |" in text and (out / "reliability.png").exists()
-    assert "fit_seconds" in text.split("## Results")[1]
-
-
-def test_study_with_a_reference_tabulates_each_rows_distance_to_it(tmp_path):
-    from zoo.data import load
-    from zoo.runs import RunFolder
-    from zoo.study import run_study
-
-    reference = {"label": "nuts (reference)", "guide": "nuts", "model": {"d_model": 4, "depth": 1, "heads": 1},
-                 "options": {"num_chains": 2, "warmup": 5, "num_samples": 5, "steps": 5, "init": "random"}}
-    rows = [r for r in recipes.STUDY if r["label"] == "map"]
-    run_study(load("ItalyPowerDemand"), RunFolder(tmp_path / "study"), rows=rows, steps_scale=0.005,
-              reference=reference, peers=False, num_samples=4)
-    table = (tmp_path / "study" / "results.md").read_text().split("## Results")[1]
-    header = table.strip().splitlines()[0]
-    assert {"tv", "kl"} <= {c.strip() for c in header.split("|")}
-    metrics = json.loads((tmp_path / "study" / "results.json").read_text())["metrics"]
-    assert metrics["nuts (reference)"]["tv"] == 0 and metrics["map"]["tv"] > 0
-
-
 @pytest.mark.parametrize("argv, words", [
     (["fit", "--guide", "magic"], ["unknown guide 'magic'", "map"]),
     (["fit", "--dataset", "Nope"], ["unknown dataset 'Nope'", "ItalyPowerDemand"]),
     (["fit", "--prior", "gaussian:scale=-2"], ["scale", "-2"]),
-    (["study", "--methods", "map,bogus"], ["unknown row 'bogus'"]),
+    (["study", "--methods", "map,bogus"], ["unknown method 'bogus'"]),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, words):
     assert bzoo(*argv, "--out", tmp_path / "x") == 2

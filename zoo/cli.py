@@ -15,7 +15,8 @@ import importlib
 import sys
 
 COMMANDS = {
-    "study": "compare weight-space and attention-space inference, priors and guides, with peers; writes results.md",
+    "study": "compare where uncertainty lives, priors, guides and peers over datasets x seeds (resumable, parallel "
+             "on Dask); writes results.md",
     "fit": "fit a Bayesian transformer and write metrics.json, posterior.pt, posterior.nc and plots",
     "prior-check": "prior predictive check: logit scale, predictive entropy and degenerate functions per prior",
     "diagnose": "diagnose a fitted run: R-hat/ESS, PSIS-LOO with Pareto k, calibration, plots",

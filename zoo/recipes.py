@@ -34,20 +34,31 @@ def fit_options(method, **overrides):
     return options
 
 
-# The rows of `bzoo study`: where uncertainty lives x prior x guide. Each row is a
-# label, a guide (or method), where (`bayes`), optionally a prior, model and fit options.
-# Weight-space SVI at temperature 1 collapses to the prior on ItalyPowerDemand (67
-# series, ~17k weights); the cold rows use temperatures measured to fit (docs/results.md:
-# low-rank still collapsed at T=0.1 and reached 0.958 at T=0.03). The GP attention rows use the
-# sgpa prior's signal scale 0.1, chosen by 3-fold cross-validation on the training series
+# The rows of `bzoo study`: where uncertainty lives x prior x guide. A row is a dict:
+#   label    its name, unique among rows and peers (what `--methods` takes)
+#   guide    a guide or method for `inference.fit` (map, mean_field, low_rank, dirichlet, bam, laplace,
+#            ensemble, mc_dropout, nuts, or any registered later)
+#   bayes    where uncertainty lives (TransformerClassifier's `bayes`; default "weights")
+#   prior    the weight prior spec (default PRIOR); `attention_prior` the attention rows' prior
+#   model    model options over MODEL (e.g. {"d_model": 8}); `options` fit options over FIT[guide]
+#   select   hyperparameters chosen per dataset and seed on a validation split carved from training,
+#            never on test: {key: [candidates, ...]}. A key is a fit option ("temperature", "lr",
+#            "steps", "num_members", ...), "model.<option>" ("model.dropout"), "prior" or
+#            "attention_prior" (whole specs, e.g. for a prior scale). Several keys make a grid (their
+#            product). Each candidate is fitted on the training split less the validation split and
+#            scored by validation NLL; the lowest (first on ties) is refitted on the whole training
+#            split and evaluated on test once (zoo/study/select.py, docs/study.md).
+# Temperatures are selected, not set: T = 1 collapses weight-space VI to the prior on small sets,
+# and which colder T fits is a property of the data, found on validation. The GP attention rows use the sgpa
+# prior's signal scale 0.1, chosen by 3-fold cross-validation on ItalyPowerDemand's training series
 # (docs/gp-attention.md).
+TEMPERATURES = [1.0, 0.3, 0.1, 0.03, 0.01]
 STUDY = [
     {"label": "map", "guide": "map"},
-    {"label": "mean_field", "guide": "mean_field"},
-    {"label": "mean_field T=0.1", "guide": "mean_field", "options": {"temperature": 0.1}},
-    {"label": "low_rank", "guide": "low_rank"},
-    {"label": "low_rank T=0.03", "guide": "low_rank", "options": {"temperature": 0.03}},
-    {"label": "last-layer mean_field", "guide": "mean_field", "bayes": "last-layer"},
+    {"label": "mean_field", "guide": "mean_field", "select": {"temperature": TEMPERATURES}},
+    {"label": "low_rank", "guide": "low_rank", "select": {"temperature": TEMPERATURES}},
+    {"label": "last-layer mean_field", "guide": "mean_field", "bayes": "last-layer",
+     "select": {"prior": ["gaussian:scale=0.3", "gaussian:scale=1", "gaussian:scale=3"]}},
     {"label": "dirichlet attention", "guide": "dirichlet", "bayes": "attention"},
     {"label": "bam attention", "guide": "bam", "bayes": "bam"},
     {"label": "sgpa attention", "guide": "sgpa", "bayes": "sgpa"},
@@ -55,7 +66,7 @@ STUDY = [
     {"label": "kep-svgp attention", "guide": "kep-svgp", "bayes": "kep-svgp"},
     {"label": "laplace", "guide": "laplace"},
     {"label": "ensemble", "guide": "ensemble"},
-    {"label": "mc_dropout", "guide": "mc_dropout", "model": {"dropout": 0.1}},
+    {"label": "mc_dropout", "guide": "mc_dropout", "select": {"model.dropout": [0.05, 0.1, 0.2]}},
     # Function-space VI at T = 1: a GP prior over the logits instead of a weight prior (docs/function-space.md).
     # "select" names a grid for a row key, chosen on validation: here the GP's lengthscale.
     {"label": "fsvi (GP prior)", "guide": "fsvi", "prior": "gp:kernel=rbf,lengthscale=1",
@@ -68,8 +79,8 @@ STUDY = [
 # "backbone": "pretrained" means `zoo.pretrain.adapter_model(row, dataset)`, which takes the backbone from
 # `zoo.pretrain.cached_backbone(dataset.name)` (pretrained once per excluded dataset, then reused). A "select" key
 # is chosen on a validation split carved from training: a fit option, or the row's "prior" when it names it.
-# `bzoo bench lora` runs these rows against the full-weight MAP row; the study adds them once it builds adapter
-# models (STUDY + LORA_STUDY).
+# `bzoo bench lora` runs these rows against the full-weight MAP row; `bzoo study --methods "LoRA map,BLoB,..."`
+# runs them as study cells (not by default: each dataset first needs its own backbone, up to 15 minutes).
 ADAPTER = "lora:rank=4,alpha=8"
 LORA_STUDY = [
     {"label": "LoRA map", "guide": "map", "adapter": ADAPTER, "backbone": "pretrained",
@@ -88,6 +99,20 @@ LORA_STUDY = [
     {"label": "full fine-tune map", "guide": "map", "adapter": "full", "backbone": "pretrained",
      "options": {"steps": 1000, "lr": 1e-3}},
 ]
+# The peers of `bzoo study` (zoo/study/peers.py): {"label", "peer": a name in PEERS, "options": {...}}.
+STUDY_PEERS = [
+    {"label": "plain", "peer": "plain"},
+    {"label": "minirocket", "peer": "minirocket"},
+    {"label": "laplace-torch", "peer": "laplace-torch"},
+]
+# How the study evaluates a cell (docs/study.md): posterior draws on test and OOD inputs; on each of
+# the 12 shifted test sets, fewer draws on at most `shift_inputs` test series (their metrics are
+# averaged over the 12 sets); the validation split's fraction of training (stratified, at least one
+# series per class in both parts where a class has two). `--quick` cuts steps and draws, and keeps at
+# most QUICK_GRID values of each selection list (the ends and the middle).
+EVALUATION = {"samples": 50, "shift_samples": 20, "shift_inputs": 256, "validation_fraction": 0.2, "bins": 15}
+QUICK = {"steps_scale": 0.1, "samples": 10, "shift_samples": 5, "shift_inputs": 128}
+QUICK_GRID = 3
 # The gold-standard reference row (`bzoo study --reference`): NUTS on a 602-weight, one-block
 # transformer, 4 chains in 2 processes (docs/reference.md has how it was chosen and its mixing).
 REFERENCE = {"label": "nuts (reference)", "guide": "nuts", "model": {"d_model": 8, "depth": 1, "heads": 2},

@@ -1,54 +1,55 @@
-"""bzoo study: the main job, the comparison of where uncertainty lives x prior x guide, with peers."""
-from zoo import recipes
-from zoo.runs import RunFolder
+"""bzoo study: the main job, every row and peer over datasets x seeds, resumable, here or on Dask; writes results.md."""
+from zoo import data, recipes
 from zoo.study import run_study
-
-from .common import add_data_arguments, check_device, load_data, seed_everything
 
 
 def add_arguments(parser):
-    add_data_arguments(parser)
-    labels = [row["label"] for row in recipes.STUDY]
-    parser.add_argument("--methods", help=f"comma-separated subset of the rows: {', '.join(labels)} (default all)")
+    labels = [row["label"] for row in [*recipes.STUDY, *recipes.STUDY_PEERS]]
+    parser.add_argument("--datasets", default=data.DEFAULT_DATASET,
+                        help=f"comma-separated shipped datasets or .npz/.csv files, or 'all' (default "
+                             f"{data.DEFAULT_DATASET}; see `bzoo datasets`)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    parser.add_argument("--methods", help=f"comma-separated rows and peers: {', '.join(labels)} (default all)")
+    parser.add_argument("--no-peers", action="store_true", help="leave the peers out of the default methods")
     parser.add_argument("--reference", action="store_true",
-                        help="add NUTS on a small transformer as the reference row (minutes)")
-    parser.add_argument("--no-peers", action="store_true", help="skip the plain PyTorch and MiniRocket peers")
-    parser.add_argument("--steps-scale", type=float, default=1.0,
-                        help="multiply every row's optimizer steps (e.g. 0.05 for a smoke run)")
-    parser.add_argument("--num-samples", type=int, default=recipes.NUM_SAMPLES, help="predictive draws (default 100)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", metavar="DIR", help="run folder (default runs/study-DATASET-SEED)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the files of a study already in --out")
+                        help="add NUTS on a small transformer as the reference row; cells then report tv, kl to it")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a fast sweep: steps x{recipes.QUICK['steps_scale']}, {recipes.QUICK['samples']} draws "
+                             "(docs/study.md)")
+    parser.add_argument("--steps-scale", type=float, help="multiply every row's optimizer steps (default 1, or --quick's; this flag overrides both)")
+    parser.add_argument("--num-samples", type=int,
+                        help=f"predictive draws on test and OOD (default {recipes.EVALUATION['samples']})")
+    parser.add_argument("--jobs", type=int, help="run cells on a local Dask cluster of N worker processes (default: cells run here, one by one)")
+    parser.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run cells on an existing Dask cluster (default: none)")
+    parser.add_argument("--threads", type=int, help="torch threads per cell (default: the cores / --jobs)")
+    parser.add_argument("--memory-budget", metavar="SIZE",
+                        help="memory one cell may use, e.g. 4G (default: half the available memory / concurrent cells)")
+    parser.add_argument("--out", metavar="DIR", help="study folder (default runs/study-DATASET-SEEDS); rerun to resume")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="accept a study folder of another configuration (shared cells kept, nothing deleted)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-
-
-def select_rows(methods):
-    if not methods:
-        return recipes.STUDY
-    by_label = {row["label"]: row for row in recipes.STUDY}
-    wanted = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = [m for m in wanted if m not in by_label]
-    if unknown:
-        raise ValueError(f"--methods: unknown row '{unknown[0]}'; rows are: {', '.join(by_label)}")
-    return [by_label[m] for m in wanted]
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args):
-    device = check_device(args.device)
-    rows = select_rows(args.methods)
-    name = "data" if args.data else args.dataset
-    out = RunFolder(args.out or f"runs/study-{name}-{args.seed}", args.overwrite)
-    dataset = load_data(args)
-    seed_everything(args.seed)
-    results, plots = run_study(dataset, out, rows, seed=args.seed, device=device, num_samples=args.num_samples,
-                               steps_scale=args.steps_scale, reference=recipes.REFERENCE if args.reference else None,
-                               peers=not args.no_peers)
-    out.record({"command": "study", "dataset": dataset.name, "rows": rows, "steps_scale": args.steps_scale,
-                "num_samples": args.num_samples, "device": str(device)}, args.seed)
-    width = max(len(label) for label in results["metrics"])
-    print(f"{'row':{width}s}  accuracy     nll     ece   brier  fit_s")
-    for label, m in results["metrics"].items():
-        print(f"{label:{width}s}  {m['accuracy']:8.4f} {m['nll']:7.4f} {m['ece']:7.4f} {m['brier']:7.4f} "
-              f"{m['fit_seconds']:6.1f}")
-    print(f"wrote {out.root}/results.md, results.json and {len(plots)} plots")
+    from .common import check_device
+
+    check_device(args.device)
+    results, folder = run_study(args.out, args.datasets, args.seeds, args.methods, quick=args.quick,
+                                peers=not args.no_peers, reference=args.reference, steps_scale=args.steps_scale,
+                                num_samples=args.num_samples, jobs=args.jobs, scheduler=args.scheduler,
+                                memory_budget=args.memory_budget, overwrite=args.overwrite, device=args.device,
+                                threads=args.threads, progress=not args.no_progress)
+    summary = results["summary"]
+    width = max([len(m) for m in results["study"]["methods"]] + [6])
+    for dataset in results["study"]["datasets"]:
+        print(f"{dataset}: mean over {len(results['study']['seeds'])} seed(s)")
+        print(f"  {'method':{width}s}  accuracy     nll     ece   brier   fit_s")
+        for method, m in summary.get(dataset, {}).items():
+            cells = [m[k]["mean"] for k in ("accuracy", "nll", "ece", "brier", "fit_seconds")]
+            print(f"  {method:{width}s}  " + " ".join("      –" if v is None else f"{v:7.4f}" for v in cells[:4])
+                  + ("       –" if cells[4] is None else f" {cells[4]:7.1f}"))
+    if results["failed"]:
+        print(f"{len(results['failed'])} cell(s) failed; see results.md")
+    print(f"wrote {folder.root}/results.md, results.json and plots")
     return 0

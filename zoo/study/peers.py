@@ -213,13 +213,3 @@ def fit_laplace(dataset, model_options, seed, device="cpu", steps=None, lr=None,
 
 PEERS = {"plain": fit_plain, "minirocket": fit_minirocket, "laplace-torch": fit_laplace}
 
-
-# The calls of today's zoo/study/run.py, which the study engine (issue 18) replaces with PEERS: remove with it.
-def plain_pytorch(dataset, model_options, seed, steps, lr, device):
-    peer = fit_plain(dataset, model_options, seed, device, steps=steps, lr=lr)
-    return peer.predict(dataset.test.x, dataset.test.mask), peer.fit_seconds
-
-
-def minirocket(dataset, seed):
-    peer = fit_minirocket(dataset, seed=seed)
-    return peer.predict(dataset.test.x, dataset.test.mask), peer.fit_seconds

@@ -1,97 +1,97 @@
-"""The main job: where uncertainty lives x prior x guide, with peers, on one dataset.
+"""``run_study``: the grid of cells checked, run where asked (here or on Dask), written as it finishes, reported.
 
-``run_study`` fits every row of ``recipes.STUDY`` (or a chosen subset) on the same
-data with the same seed, evaluates all of them on the same test set (and the OOD
-set where one exists), compares them with ``inference.compare`` (metric table,
-PSIS-LOO, overlaid reliability diagrams) and adds the peers a researcher would
-otherwise use: the identical network trained by plain PyTorch, and aeon's
-MiniRocket for accuracy on UCR data.
+The order is what makes a study safe to interrupt and to rerun: every list, flag and
+the output folder are checked first (one-line ``StudyError``), then the engine is
+started or reached, then each pending cell's memory estimate is checked against the
+per-worker budget, and only then is anything written: ``study.json``, each cell the
+moment it finishes, and finally the statistics from the cells on disk.
 """
-import json
-import time
-
-import torch
-from tqdm.auto import tqdm
-
-from inference import evaluate, fit
-from inference.compare import compare
-from inference.mcmc import predictive_distance
-
-from .. import recipes
-from ..data.ood import ood_inputs
-from .peers import minirocket, plain_pytorch
+from .engine import Engine
+from .folder import StudyFolder
+from .footprint import check, estimate
+from .plan import PREDICT_CHUNK, StudyError, make_plan
 
 
-def fit_row(row, dataset, model_options, seed, device, steps_scale=1.0):
-    """Fit one study row; returns (posterior, fit seconds)."""
-    from ..models import TransformerClassifier
-
-    torch.manual_seed(seed)
-    model = TransformerClassifier(dataset.num_classes, input_dim=dataset.input_dim,
-                                  **{**model_options, **row.get("model", {})},
-                                  bayes=row.get("bayes", "weights"), prior=row.get("prior", recipes.PRIOR))
-    options = recipes.fit_options(row["guide"], **row.get("options", {}))
-    if "steps" in options:
-        options["steps"] = max(1, int(options["steps"] * steps_scale))
-    started = time.perf_counter()
-    posterior = fit(model, dataset.train, guide=row["guide"], seed=seed, device=device, progress=False, **options)
-    return posterior, time.perf_counter() - started
+def default_out(plan):
+    names = [d["id"] for d in plan.datasets]
+    what = names[0] if len(names) == 1 else f"{len(names)}-datasets"
+    return f"runs/study-{what}-{'-'.join(map(str, plan.seeds))}" + ("-quick" if plan.quick else "")
 
 
-def run_study(dataset, out, rows=None, seed=0, device="cpu", num_samples=recipes.NUM_SAMPLES, steps_scale=1.0,
-              reference=None, peers=True, model_options=None):
-    """Fit and compare every row; write results.json, results.md and plots into RunFolder ``out``."""
+def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False, peers=True, reference=False,
+              steps_scale=None, num_samples=None, jobs=None, scheduler=None, memory_budget=None, overwrite=False,
+              device="cpu", threads=None, progress=True):
+    """Run (or resume) a study into folder ``out``; returns the results dict (also in ``out/results.json``).
+
+    ``datasets``, ``seeds``, ``methods``: comma-separated strings or lists (``datasets="all"``
+    for every shipped dataset; methods are row and peer labels, default all). ``quick``
+    cuts steps and draws (``recipes.QUICK``). ``jobs`` runs cells on a local Dask cluster of
+    that many processes, ``scheduler`` on an existing one; neither runs them here.
+    ``memory_budget`` (bytes or "4G") is what one cell may use; by default half of the
+    available memory shared among the concurrent cells. ``threads``: torch threads per cell (default: the
+    cores, shared among the workers on each machine).
+    """
+    from inference.memory import parse_size
+
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise StudyError(f"--threads must be an integer >= 1, got {threads}")
+    engine = Engine(jobs, scheduler, threads)  # flags first: a bad --jobs or an unreachable --scheduler before any data
+    budget = None if memory_budget is None else (parse_size(memory_budget) if isinstance(memory_budget, str)
+                                                 else int(memory_budget))
+    chunk = PREDICT_CHUNK if budget is None else min(PREDICT_CHUNK, budget // 2)
+    plan = make_plan(datasets, seeds, methods, quick=quick, peers=peers, reference=reference,
+                     steps_scale=steps_scale, num_samples=num_samples, device=device, chunk=chunk)
+    folder = StudyFolder.check(out or default_out(plan), plan.config(), plan.fingerprint(), overwrite)
+    with engine:
+        budget = budget or engine.default_budget()
+        tasks, finished = [], []
+        for dataset, seed, row in plan.cells():
+            key = plan.key(dataset, seed, row)
+            done = folder.read_cell(dataset["id"], seed, row["label"], key) if (folder.resuming or overwrite) else None
+            if done is not None:
+                finished.append(done)
+                continue
+            label = f"({dataset['id']}, seed {seed}, {row['label']})"
+            need = cell_estimate(row, dataset, plan.evaluation)
+            check(label, need, budget)
+            tasks.append({"dataset": dataset["id"], "ref": dataset["ref"], "seed": seed, "row": row, "key": key,
+                          "label": label, "evaluation": plan.evaluation, "device": plan.device,
+                          "threads": engine.threads(), "estimate": need, "budget": budget})
+        if engine.client is not None:  # longest first, so the last cells to finish are short ones
+            tasks.sort(key=lambda t: -work(t["row"], next(d for d in plan.datasets if d["id"] == t["dataset"]),
+                                           plan.evaluation))
+        folder.open()
+        engine.run(tasks, folder.write_cell, total=len(finished) + len(tasks), done=len(finished), progress=progress)
+    from .report import write
+
+    cells = []
+    for dataset, seed, row in plan.cells():
+        cell = folder.read_cell(dataset["id"], seed, row["label"], plan.key(dataset, seed, row))
+        if cell is None:
+            raise StudyError(f"cell ({dataset['id']}, seed {seed}, {row['label']}) has no finished file in "
+                             f"'{folder.root}' after the run")
+        cells.append(cell)
+    return write(plan, folder, cells), folder
+
+
+def work(row, dataset, evaluation):
+    """A rough cost of a cell for ordering: fits x steps x series x tokens (x4 for sampled attention), plus
+    prediction draws x test series x tokens."""
     from ..models import default_patch
+    from .select import candidates
 
-    sized = {"max_len": dataset.max_len, "patch": 1 if dataset.tokens else default_patch(dataset.max_len)}
-    model_options = {**recipes.MODEL, **sized, **(model_options or {})}
-    rows = recipes.STUDY if rows is None else rows
-    ood = ood_inputs(dataset)
-    test = (dataset.test.x, dataset.test.y, dataset.test.mask)
-    posteriors, seconds = {}, {}
-    for row in tqdm([*rows, *([reference] if reference else [])], desc="study"):
-        posteriors[row["label"]], seconds[row["label"]] = fit_row(row, dataset, model_options, seed, device,
-                                                                   steps_scale)
-    comparison = compare(posteriors, train=dataset.train, test=test, ood=ood,
-                         num_samples=num_samples, seed=seed)
-    table = {label: {**m, "fit_seconds": seconds[label]} for label, m in comparison.metrics.items()}
-    if reference:
-        ref_probs = _test_probs(comparison.idata[reference["label"]])
-        for label, idata in comparison.idata.items():
-            table[label].update(predictive_distance(_test_probs(idata), ref_probs))
-    if peers:
-        map_steps = max(1, int(recipes.FIT["map"]["steps"] * steps_scale))
-        probs, secs = plain_pytorch(dataset, model_options, seed, map_steps, recipes.FIT["map"]["lr"], device)
-        table["plain PyTorch (peer)"] = {**evaluate(probs, dataset.test.y), "fit_seconds": secs, "split": "test"}
-        rocket = minirocket(dataset, seed)
-        if rocket is not None:
-            table["MiniRocket (peer)"] = {**evaluate(*rocket[:1], dataset.test.y), "fit_seconds": rocket[1],
-                                          "split": "test"}
-    comparison.metrics = table
-    plots = comparison.plot(out.root)
-    results = {"dataset": dataset.name, "seed": seed, "model": model_options, "rows": rows,
-               "reference": reference, **comparison.to_json()}
-    out.write_json("results.json", results)
-    out.path("results.md").write_text(markdown(dataset, rows, reference, comparison, seed))
-    return results, plots
+    shapes = dataset["shapes"]
+    tokens = shapes["length"] / (1 if shapes["tokens"] else default_patch(shapes["length"]))
+    fits = len(candidates(row)) + 1 if row.get("select") else 1
+    steps = row.get("options", {}).get("steps", 1000) * evaluation["steps_scale"]
+    attention = 4 if row.get("bayes") in ("attention", "dirichlet", "bam") else 1
+    return attention * tokens * (3 * fits * steps * shapes["n_train"] + evaluation["samples"] * 2 * shapes["n_test"])
 
 
-def _test_probs(idata):
-    from inference.compare import predictions
+def cell_estimate(row, dataset, evaluation):
+    """Bytes the cell is expected to add at its peak (``footprint.estimate`` on the row's model; a peer's network
+    is the MAP row's)."""
+    from .cell import make_model
 
-    return predictions(idata)[0]
-
-
-def markdown(dataset, rows, reference, comparison, seed):
-    lines = [f"# Study on {dataset.name}", "",
-             f"{len(dataset.train)} training and {len(dataset.test)} test sequences, {dataset.num_classes} classes, "
-             f"seed {seed}. Metrics on the test set from the posterior predictive (lower is better except "
-             "accuracy and OOD AUROC/AUPR). `fit_seconds` is wall time on this machine.", "",
-             "| row | where | prior | guide | options |", "|---|---|---|---|---|"]
-    for row in [*rows, *([reference] if reference else [])]:
-        lines.append(f"| {row['label']} | {row.get('bayes', 'weights')} | {row.get('prior', recipes.PRIOR)} | "
-                     f"{row['guide']} | {json.dumps(recipes.fit_options(row['guide'], **row.get('options', {})))} |")
-    lines += ["", "## Results", "", comparison.markdown().replace("| run | data |", "| run | data |"),
-              "", "Plots: `reliability.png`, `metrics.png`" + (", `loo_compare.png`" if comparison.loo is not None else "")
-              + "."]
-    return "\n".join(lines) + "\n"
+    model = make_model({"guide": "map", "model": row["model"]} if "peer" in row else row, dataset["shapes"])
+    return estimate(model, dataset["shapes"], evaluation, evaluation["predict_chunk"], row.get("peer"))["total"]

@@ -1,0 +1,253 @@
+"""The study engine on tiny rows: selection on validation, resumable cells, refusals, statistics by hand."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as scipy_stats
+
+from zoo import cli, recipes
+from zoo.data import Split, load
+from zoo.study import StudyError, run_study
+from zoo.study import cell as cell_module
+from zoo.study import stats
+from zoo.study.footprint import PeakSampler
+from zoo.study.plan import make_plan, thin
+from zoo.study.select import candidates, choose, validation_split, with_values
+
+TINY = {"d_model": 8, "depth": 1, "heads": 2}
+ROWS = [
+    {"label": "map", "guide": "map", "model": TINY, "options": {"steps": 8}},
+    {"label": "mean_field", "guide": "mean_field", "model": TINY, "options": {"steps": 8},
+     "select": {"temperature": [1.0, 0.1]}},
+]
+PEERS = [{"label": "plain", "peer": "plain", "model": TINY, "options": {"steps": 8}}]
+
+
+@pytest.fixture
+def tiny_rows(monkeypatch):
+    monkeypatch.setattr(recipes, "STUDY", ROWS)
+    monkeypatch.setattr(recipes, "STUDY_PEERS", PEERS)
+
+
+def bzoo(*argv):
+    return cli.main([str(a) for a in argv])
+
+
+def metrics(results):
+    keys = ("accuracy", "nll", "ece", "brier", "ood_auroc", "selected")
+    return {(c["dataset"], c["seed"], c["method"]): {k: c.get(k) for k in keys} for c in results["cells"]}
+
+
+def test_validation_split_is_stratified_disjoint_and_seeded():
+    y = torch.tensor([0] * 10 + [1] * 5 + [2] * 2 + [3])
+    train = Split(torch.arange(len(y), dtype=torch.float32)[:, None, None], y)
+    part, val, index = validation_split(train, seed=3, fraction=0.2)
+    assert set(part.x.flatten().tolist()).isdisjoint(val.x.flatten().tolist())
+    assert sorted(part.x.flatten().tolist() + val.x.flatten().tolist()) == list(range(len(y)))
+    assert torch.equal(val.x.flatten().long(), index)
+    counts = torch.bincount(val.y, minlength=4).tolist()
+    assert counts == [2, 1, 1, 0]  # round(0.2 n) clipped to [1, n - 1]; a class of one stays in the fit
+    assert torch.equal(validation_split(train, 3, 0.2)[2], index)
+    assert not torch.equal(validation_split(train, 4, 0.2)[2], index)
+
+
+def test_a_grid_names_fit_options_model_options_and_priors():
+    row = {"label": "r", "guide": "mean_field", "options": {"steps": 5},
+           "select": {"temperature": [1, 0.1], "model.dropout": [0.0, 0.2], "prior": ["gaussian:scale=3"]}}
+    grid = candidates(row)
+    assert len(grid) == 4 and grid[0] == {"temperature": 1, "model.dropout": 0.0, "prior": "gaussian:scale=3"}
+    chosen = with_values(row, grid[3])
+    assert chosen["options"] == {"steps": 5, "temperature": 0.1} and chosen["model"] == {"dropout": 0.2}
+    assert chosen["prior"] == "gaussian:scale=3" and "select" not in chosen and row["options"] == {"steps": 5}
+    assert choose([0.5, 0.2, 0.2, float("inf")]) == 1 and choose([float("nan"), float("inf")]) is None
+    assert thin([1, 0.3, 0.1, 0.03, 0.01], 3) == [1, 0.1, 0.01] and thin([1, 2], 3) == [1, 2]  # --quick's grids
+
+
+def test_selection_fits_on_training_less_validation_scores_on_validation_and_refits(monkeypatch, one_thread):
+    dataset = load("ItalyPowerDemand")
+    seen = []
+    real_fit = cell_module.fit
+
+    def spy(model, data, **options):
+        seen.append((data.x.clone(), options.get("temperature")))
+        return real_fit(model, data, **options)
+    monkeypatch.setattr(cell_module, "fit", spy)
+    row = {**ROWS[1], "model": {**recipes.MODEL, **TINY},
+           "options": recipes.fit_options("mean_field", steps=8), "select": {"temperature": [1.0, 0.1, 0.01]}}
+    evaluation = {**recipes.EVALUATION, "samples": 4, "steps_scale": 1.0}
+    _, seconds, selected, selection = cell_module.select_and_fit(row, dataset, 0, torch.device("cpu"), evaluation)
+    part, val, index = validation_split(dataset.train, 0, evaluation["validation_fraction"])
+    rows_of = lambda x: {tuple(r.flatten().tolist()) for r in x}  # noqa: E731
+    train, test, held = rows_of(dataset.train.x), rows_of(dataset.test.x), rows_of(val.x)
+    assert held <= train and held.isdisjoint(test) and not held & rows_of(part.x)
+    assert [t for _, t in seen] == [1.0, 0.1, 0.01, selected["temperature"]]
+    for x, _ in seen[:3]:  # every candidate is fitted on training less validation, never on a test series
+        assert rows_of(x) == rows_of(part.x) and rows_of(x).isdisjoint(held) and rows_of(x).isdisjoint(test)
+    assert torch.equal(seen[3][0], dataset.train.x)  # the winner is refitted on all of training
+    scores = [c["nll"] for c in selection["candidates"]]
+    assert selected == selection["candidates"][int(np.argmin(scores))]["values"]
+    assert selection["validation_size"] == len(index) == len(val) and all(math.isfinite(s) for s in scores)
+    assert seconds >= sum(c["fit_seconds"] for c in selection["candidates"])
+
+
+def test_a_study_writes_cells_resumes_without_touching_them_and_equals_an_uninterrupted_run(tmp_path, tiny_rows,
+                                                                                          monkeypatch):
+    whole = tmp_path / "whole"
+    results, _ = run_study(whole, "ItalyPowerDemand", "0,1", num_samples=3, threads=1, progress=False)
+    assert len(results["cells"]) == 6
+    for cell in results["cells"]:
+        assert {"dataset", "seed", "method", "accuracy", "nll", "ece", "brier", "ood_auroc", "fit_seconds",
+                "selected"} <= set(cell)
+        assert cell["memory"]["peak_rss"] >= cell["memory"]["start_rss"] > 0
+    mf = [c for c in results["cells"] if c["method"] == "mean_field"]
+    assert all(c["selected"]["temperature"] in (1.0, 0.1) and len(c["selection"]["candidates"]) == 2 for c in mf)
+    text = (whole / "results.md").read_text()
+    assert "| mean_field |" in text and "± " in text and (whole / "reliability-italypowerdemand.png").exists()
+
+    # interrupted after two cells, then rerun: the same numbers, and the first two files untouched
+    part = tmp_path / "part"
+    from zoo.study import folder as folder_module
+    real_write, written = folder_module.StudyFolder.write_cell, []
+
+    def write_then_stop(self, result):
+        real_write(self, result)
+        written.append(self.cell_path(result["record"]["dataset"], result["record"]["seed"],
+                                      result["record"]["method"]))
+        if len(written) == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(folder_module.StudyFolder, "write_cell", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(part, "ItalyPowerDemand", "0,1", num_samples=3, threads=1, progress=False)
+    monkeypatch.setattr(folder_module.StudyFolder, "write_cell", real_write)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in written}
+    resumed, _ = run_study(part, "ItalyPowerDemand", "0,1", num_samples=3, threads=1, progress=False)
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in written} == before
+    assert metrics(resumed) == metrics(results)
+
+
+def test_bad_input_is_one_line_before_any_cell_and_loses_nothing(tmp_path, tiny_rows, capsys):
+    study = tmp_path / "study"
+    assert bzoo("study", "--methods", "map", "--num-samples", 2, "--threads", 1, "--out", study, "--no-progress") == 0
+    files = {p: p.read_bytes() for p in study.rglob("*") if p.is_file()}
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("mine")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    cases = [
+        (["--datasets", "GunPoint,Nope"], ["unknown dataset 'Nope'"]),
+        (["--methods", "map,bogus"], ["unknown method 'bogus'"]),
+        (["--datasets", " , "], ["--datasets is empty"]),
+        (["--seeds", "1,0,1"], ["--seeds lists", "twice"]),
+        (["--jobs", 0], ["--jobs must be", "0"]),
+        (["--scheduler", "tcp://127.0.0.1:1"], ["--scheduler tcp://127.0.0.1:1", "nothing answered"]),
+        (["--out", a_file], ["is a file"]),
+        (["--out", foreign], ["not empty and holds no study"]),
+        (["--methods", "map,plain", "--num-samples", 2, "--out", study],
+         ["another configuration", "methods map -> map,plain"]),
+        (["--methods", "map", "--num-samples", 3, "--out", study], ["another configuration", "samples 2 -> 3"]),
+    ]
+    for argv, words in cases:
+        if "--out" not in argv:
+            argv = [*argv, "--out", tmp_path / "fresh"]
+        assert bzoo("study", *argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and all(w in err for w in words), (argv, err)
+    assert {p: p.read_bytes() for p in study.rglob("*") if p.is_file()} == files
+    assert a_file.read_text() == "mine" and [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_overwrite_keeps_shared_cells_and_deletes_nothing(tmp_path, tiny_rows):
+    out = tmp_path / "study"
+    run_study(out, "ItalyPowerDemand", "0", "map", num_samples=2, threads=1, progress=False)
+    kept = out / "cells" / "italypowerdemand" / "seed0" / "map.json"
+    stamp = kept.stat().st_mtime_ns
+    with pytest.raises(StudyError, match="another configuration"):
+        run_study(out, "ItalyPowerDemand", "0,1", "map", num_samples=2, threads=1, progress=False)
+    results, _ = run_study(out, "ItalyPowerDemand", "0,1", "map", num_samples=2, threads=1, progress=False, overwrite=True)
+    assert kept.stat().st_mtime_ns == stamp and len(results["cells"]) == 2
+    assert json.loads((out / "study.json").read_text())["config"]["seeds"] == [0, 1]
+
+
+def test_a_cell_over_the_memory_budget_is_refused_before_anything_is_written(tmp_path, tiny_rows):
+    with pytest.raises(ValueError, match=r"cell \(ItalyPowerDemand, seed 0, map\) needs about .* budget of 1\.0 MiB"):
+        run_study(tmp_path / "s", "ItalyPowerDemand", "0", "map", memory_budget="1M", progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+def test_peak_sampler_sees_an_allocation():
+    with PeakSampler() as peak:
+        block = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB, touched
+        block += 1
+        del block
+    assert peak.peak - peak.start > 48 << 20
+
+
+def test_statistics_match_a_hand_computation():
+    # 3 datasets x 3 methods x 2 seeds of accuracy
+    acc = {"d1": {"a": [1.0, 0.75], "b": [0.5, 0.5], "c": [0.25, 0.75]},  # dyadic: means tie exactly
+           "d2": {"a": [0.5, 0.75], "b": [0.75, 0.75], "c": [0.25, 0.5]},
+           "d3": {"a": [1.0, 1.0], "b": [0.75, 0.75], "c": [0.5, 1.0]}}
+    cells = [{"dataset": d, "method": m, "seed": s, "status": "ok", "accuracy": v}
+             for d, ms in acc.items() for m, vs in ms.items() for s, v in enumerate(vs)]
+    summary = stats.summarize(cells, ["accuracy"])
+    assert summary["d1"]["a"]["accuracy"]["mean"] == pytest.approx(0.875)
+    assert summary["d1"]["a"]["accuracy"]["se"] == pytest.approx(0.125)  # sd 0.1768 / sqrt 2
+    assert summary["d2"]["b"]["accuracy"]["se"] == pytest.approx(0.0)
+    table = stats.matrix(summary, "accuracy", ["d1", "d2", "d3"], ["a", "b", "c"])
+    # means: d1 (.875 .5 .5), d2 (.625 .75 .375), d3 (1 .75 .75) -> ranks (1 2.5 2.5), (2 1 3), (1 2.5 2.5)
+    ranks = stats.ranks(table, higher_better=True)
+    assert ranks.tolist() == [[1, 2.5, 2.5], [2, 1, 3], [1, 2.5, 2.5]]
+    assert ranks.mean(0).tolist() == pytest.approx([4 / 3, 2.0, 8 / 3])
+    # Friedman by hand: n=3, k=3, rank sums R = (4, 6, 8); chi2 = 12/(n k (k+1)) sum R^2 - 3 n (k+1) = 2.6667;
+    # ties: two rows with a pair tied: sum (t^3 - t) = 12; C = 1 - 12 / (n (k^3 - k)) = 1 - 12/72 = 5/6
+    f = stats.friedman(table)
+    assert f["statistic"] == pytest.approx((12 / 36 * (16 + 36 + 64) - 36) / (5 / 6))
+    assert f["p"] == pytest.approx(math.exp(-f["statistic"] / 2))  # chi2 with 2 degrees of freedom
+    # Holm by hand: p = (0.01, 0.04, 0.03) -> sorted 0.01*3, 0.03*2, 0.04*1 -> (0.03, 0.06, 0.06), monotone
+    assert stats.holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_the_critical_difference_diagram_comes_from_aeon_with_its_tests(tmp_path):
+    rng = np.random.default_rng(0)
+    scores = np.column_stack([rng.uniform(0.8, 0.9, 8), rng.uniform(0.7, 0.8, 8), rng.uniform(0.5, 0.6, 8)])
+    cd = stats.critical_difference(scores, ["good", "mid", "bad"], True, tmp_path / "cd.png")
+    assert (tmp_path / "cd.png").stat().st_size > 0 and cd["order"] == ["good", "mid", "bad"]
+    assert cd["average_ranks"] == [1.0, 2.0, 3.0] and cd["friedman"]["p"] < 0.01
+    first = cd["pairs"][0]
+    assert (first["a"], first["b"]) == ("good", "mid")
+    assert first["p"] == pytest.approx(scipy_stats.wilcoxon(scores[:, 0], scores[:, 1], alternative="greater").pvalue)
+    assert [p["p_holm"] for p in cd["pairs"]] == pytest.approx(stats.holm([p["p"] for p in cd["pairs"]]).tolist())
+
+
+def test_a_reference_row_gives_each_cell_its_distance_to_the_reference(tmp_path, tiny_rows, monkeypatch):
+    monkeypatch.setattr(recipes, "REFERENCE", {
+        "label": "nuts (reference)", "guide": "nuts", "model": {"d_model": 4, "depth": 1, "heads": 1},
+        "options": {"num_chains": 2, "warmup": 5, "num_samples": 5, "steps": 5, "init": "random",
+                    "max_tree_depth": 3}})
+    results, out = run_study(tmp_path / "s", "ItalyPowerDemand", "0", "map,nuts (reference)", reference=True,
+                             num_samples=2, threads=1, progress=False)
+    extra = {c["method"]: c["extra"] for c in results["cells"]}
+    assert extra["nuts (reference)"]["tv"] == 0 and extra["map"]["tv"] > 0
+    assert "tv" in (out.root / "results.md").read_text().split("## Per dataset")[1].splitlines()[4]
+
+
+def test_a_lora_row_is_a_study_cell_on_the_backbone_pretrained_without_its_dataset(tmp_path, tiny_rows, monkeypatch):
+    from zoo.pretrain import cache_key, pretrain
+
+    monkeypatch.setenv("BZOO_CACHE", str(tmp_path / "cache"))
+    tiny_backbone = {"d_model": 8, "depth": 1, "heads": 2, "mlp_ratio": 2, "patch": 4, "length": 16, "batch_size": 8,
+                     "steps": 3}
+    pretrain(tmp_path / "cache" / "backbones" / cache_key(["ItalyPowerDemand"], {"seed": 0}), ["ItalyPowerDemand"],
+             only=["Airline", "Lynx"], progress=False, **tiny_backbone)
+    lora = [{"label": "LoRA map", "guide": "map", "adapter": "lora:rank=2,alpha=4", "backbone": "pretrained",
+             "options": {"steps": 4, "lr": 1e-2}}]
+    monkeypatch.setattr(recipes, "LORA_STUDY", lora)
+    assert "LoRA map" not in {r["label"] for r in make_plan("ItalyPowerDemand", "0").rows}  # offered, not default
+    results, _ = run_study(tmp_path / "s", "ItalyPowerDemand", "0", "LoRA map", num_samples=2, threads=1,
+                           progress=False)
+    (cell,) = results["cells"]
+    assert cell["method"] == "LoRA map" and 0 <= cell["accuracy"] <= 1 and math.isfinite(cell["nll"])

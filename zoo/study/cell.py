@@ -1,0 +1,263 @@
+"""One cell of the study, (dataset, seed, method): selected on validation, fitted, evaluated on test, OOD and shift.
+
+``run_cell(task)`` is all a worker runs: it loads the dataset, seeds every generator
+from the cell's seed, sets the torch threads it was given, chooses the row's
+hyperparameters on a validation split (``select.py``), fits the winner on the whole
+training split, and evaluates it once on test (metrics, reliability), on the OOD set
+(AUROC) and on the shifted test sets (accuracy and NLL), all through
+``Posterior.predict``'s memory-bounded chunks. It returns plain data (a JSON-ready
+record and the small arrays the statistics need); the caller writes them, so a
+cell never writes files on a remote worker. A library error (a diverged fit, a
+refused option) makes a failed cell that names it; anything else is a bug and raises.
+
+``EXTRA_METRICS`` is where later columns plug in: each entry is
+``fn(context) -> dict`` of numbers, called after evaluation with a
+``CellContext`` (dataset, seed, row, ``predict``, the test probabilities), and its
+numbers are stored under the cell's ``extra`` and summarized like every metric.
+"""
+import functools
+import inspect
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyro
+import torch
+
+from inference import evaluate, fit
+from inference.memory import limited
+from inference.metrics import accuracy, mean_probs, nll
+
+from .. import recipes
+from ..cli import first_line
+from ..data.ood import ood_inputs
+from ..data.shift import shifts
+from .footprint import PeakSampler
+from .peers import PEERS
+from .plan import load_dataset, shapes_of
+from .select import candidates, choose, subset, validation_split, with_values
+
+FAILURES = (ValueError, FloatingPointError)  # the library's own errors: FitError, DataError, NonFiniteError, ...
+EXTRA_METRICS = []
+
+
+@dataclass
+class CellContext:
+    dataset: object
+    seed: int
+    row: dict
+    predict: object  # predict(x, mask, num_samples) -> probs [S, N, K]
+    test_probs: torch.Tensor  # posterior predictive mean on the test set [N, K]
+
+
+@functools.lru_cache(maxsize=2)
+def dataset_for(ref):
+    return load_dataset(ref)
+
+
+def seed_everything(seed):
+    torch.manual_seed(seed)
+    pyro.set_rng_seed(seed)  # also seeds Python's and NumPy's generators
+    pyro.clear_param_store()
+
+
+def model_options(shapes, row):
+    """The study's model size for data of these ``shapes`` (patched to at most 64 tokens), with the row's overrides."""
+    from ..models import default_patch
+
+    sized = {"max_len": shapes["length"], "patch": 1 if shapes["tokens"] else default_patch(shapes["length"])}
+    return {**recipes.MODEL, **sized, **row.get("model", {})}  # a resolved row's model holds MODEL already
+
+
+def make_model(row, shapes):
+    """The row's TransformerClassifier for data of these ``shapes`` (``plan.shapes_of``); for an adapter row
+    (``recipes.LORA_STUDY``), a LoRAClassifier on an untrained backbone of the pretraining architecture, which
+    has the fitted model's size (what a memory estimate needs)."""
+    from ..models import TransformerClassifier
+
+    if row.get("adapter"):
+        from ..models.backbone import Backbone
+        from ..models.lora import LoRAClassifier
+
+        return LoRAClassifier(shapes["classes"], shapes["channels"], Backbone.random(), adapter=row["adapter"],
+                              bayes=row.get("bayes", "weights"), prior=row.get("prior", recipes.PRIOR),
+                              max_len=max(512, shapes["length"]), **row.get("model", {}))
+    return TransformerClassifier(shapes["classes"], input_dim=None if shapes["tokens"] else shapes["channels"],
+                                 vocab_size=shapes["vocab"], **model_options(shapes, row),
+                                 bayes=row.get("bayes", "weights"), prior=row.get("prior", recipes.PRIOR),
+                                 attention_prior=row.get("attention_prior"))
+
+
+def scaled(options, steps_scale):
+    options = dict(options)
+    if "steps" in options:
+        options["steps"] = max(1, int(options["steps"] * steps_scale))
+    return options
+
+
+def fit_row(row, dataset, train, seed, device, steps_scale):
+    """``(posterior, seconds)``: the row's model built from ``seed`` and fitted on ``train``."""
+    seed_everything(seed)
+    if row.get("adapter"):  # the backbone pretrained without this dataset, cached across cells and seeds
+        from ..pretrain import adapter_model
+
+        model = adapter_model(row, dataset, progress=False)
+    else:
+        model = make_model(row, shapes_of(dataset))
+    started = time.perf_counter()
+    posterior = fit(model, train, guide=row["guide"], seed=seed, device=device, progress=False,
+                    **scaled(row.get("options", {}), steps_scale))
+    return posterior, time.perf_counter() - started
+
+
+def posterior_predict(posterior):
+    return lambda x, mask, s: posterior.predict(x, s, mask)
+
+
+def select_and_fit(row, dataset, seed, device, evaluation):
+    """Choose the row's hyperparameters on validation, refit the winner on all of training.
+
+    Returns ``(predict, fit_seconds, selected, selection)``; ``fit_seconds`` counts every
+    candidate's fit, its validation prediction and the refit.
+    """
+    grid = candidates(row)
+    if not row.get("select"):
+        posterior, seconds = fit_row(row, dataset, dataset.train, seed, device, evaluation["steps_scale"])
+        return posterior_predict(posterior), seconds, {}, None
+    started = time.perf_counter()
+    part, val, _ = validation_split(dataset.train, seed, evaluation["validation_fraction"])
+    scores = []
+    for values in grid:
+        entry = {"values": values}
+        try:
+            posterior, entry["fit_seconds"] = fit_row(with_values(row, values), dataset, part, seed, device,
+                                                      evaluation["steps_scale"])
+            seed_everything(seed)
+            probs = posterior.predict(val.x, evaluation["samples"], val.mask)
+            entry.update(nll=nll(probs, val.y.to(probs.device)), accuracy=accuracy(probs, val.y.to(probs.device)))
+        except FAILURES as e:
+            entry.update(nll=float("inf"), error=first_line(e))
+        scores.append(entry)
+    best = choose([c["nll"] for c in scores])
+    if best is None:
+        raise ValueError(f"every candidate of row '{row['label']}' failed; first: {scores[0].get('error')}")
+    posterior, seconds = fit_row(with_values(row, grid[best]), dataset, dataset.train, seed, device,
+                                 evaluation["steps_scale"])
+    selection = {"metric": "validation nll", "validation_size": len(val), "fit_size": len(part),
+                 "fraction": evaluation["validation_fraction"], "candidates": scores, "refit": True}
+    return posterior_predict(posterior), time.perf_counter() - started, grid[best], selection
+
+
+def fit_peer(row, dataset, seed, device, evaluation):
+    """A peer fitted on all of training: ``(predict, fit_seconds, info)``, its steps scaled and draws as the study's."""
+    fitter = PEERS[row["peer"]]
+    options = scaled(row.get("options", {}), evaluation["steps_scale"])
+    if "num_samples" in inspect.signature(fitter).parameters:
+        options.setdefault("num_samples", evaluation["samples"])
+    seed_everything(seed)
+    peer = fitter(dataset, model_options(shapes_of(dataset), row), seed, device, **options)
+    return (lambda x, mask, s: peer.predict(x, mask)), peer.fit_seconds, to_json_info(peer.info)
+
+
+@functools.lru_cache(maxsize=2)
+def ood_set(ref):
+    """``(x, mask)`` of the dataset's OOD inputs (``zoo.data.ood_inputs``)."""
+    return ood_inputs(dataset_for(ref))
+
+
+@functools.lru_cache(maxsize=2)
+def shift_sets(ref, seed, inputs):
+    """The graded shifts of at most ``inputs`` test series (drawn from ``seed``), or {} for token data."""
+    test = dataset_for(ref).test
+    if not test.x.is_floating_point():
+        return {}
+    if len(test) > inputs:
+        test = subset(test, torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:inputs].sort().values)
+    return shifts(test, seed=seed)
+
+
+def evaluate_cell(predict, ref, seed, evaluation):
+    """Metrics on test (with OOD scores) and under shift, and the test predictive mean [N, K]."""
+    test = dataset_for(ref).test
+    probs = predict(test.x, test.mask, evaluation["samples"]).cpu()
+    ood = ood_set(ref)
+    ood_probs = None if ood is None else predict(ood[0], ood[1], evaluation["samples"]).cpu()
+    metrics = evaluate(probs, test.y, ood_probs, evaluation["bins"])
+    metrics.setdefault("ood_auroc", None)
+    shift = {}
+    for key, split in shift_sets(ref, seed, evaluation["shift_inputs"]).items():
+        p = predict(split.x, split.mask, evaluation["shift_samples"]).cpu()
+        shift[key] = {"accuracy": accuracy(p, split.y), "nll": nll(p, split.y)}
+        del p
+    metrics["shift_accuracy"] = float(np.mean([s["accuracy"] for s in shift.values()])) if shift else None
+    metrics["shift_nll"] = float(np.mean([s["nll"] for s in shift.values()])) if shift else None
+    return metrics, shift, mean_probs(probs).float()
+
+
+def run_cell(task):
+    """Run one cell; ``task`` is plain data (see ``zoo.study.run``). Returns ``{"record", "arrays"}``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(task["threads"])
+    cuda = torch.device(task["device"]).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(task["device"])
+    started, cpu = time.perf_counter(), time.process_time()
+    try:
+        prepare(task)
+        with PeakSampler() as peak, limited(task["evaluation"]["predict_chunk"]):
+            try:
+                record, arrays = _run(task)
+            except FAILURES as e:
+                record, arrays = {"status": "failed", "error": first_line(e)}, {}
+    finally:
+        torch.set_num_threads(threads)
+    record = {"dataset": task["dataset"], "seed": task["seed"], "method": task["row"]["label"], "key": task["key"],
+              **record, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
+              "threads": task["threads"],
+              "worker": f"{socket.gethostname()}:{os.getpid()}",
+              "memory": {"estimate": task["estimate"], "budget": task["budget"], "start_rss": peak.start,
+                         "peak_rss": peak.peak, "peak_above_start": peak.peak - peak.start,
+                         "peak_device": torch.cuda.max_memory_allocated(task["device"]) if cuda else None}}
+    return {"record": record, "arrays": arrays}
+
+
+def prepare(task):
+    """Load the cell's data (cached per worker) before its memory is measured: the peak above start is the cell's."""
+    try:
+        dataset_for(task["ref"])
+        ood_set(task["ref"])
+        shift_sets(task["ref"], task["seed"], task["evaluation"]["shift_inputs"])
+    except FAILURES:
+        pass  # the cell itself reports it
+
+
+def _run(task):
+    row, seed, evaluation = task["row"], task["seed"], task["evaluation"]
+    dataset = dataset_for(task["ref"])
+    device = torch.device(task["device"])
+    if "peer" in row:
+        predict, fit_seconds, info = fit_peer(row, dataset, seed, device, evaluation)
+        selected, selection = {}, None
+    else:
+        predict, fit_seconds, selected, selection = select_and_fit(row, dataset, seed, device, evaluation)
+        info = {}
+    seed_everything(seed)  # the evaluation's draws do not depend on how many the fit took
+    started = time.perf_counter()
+    metrics, shift, test_probs = evaluate_cell(predict, task["ref"], seed, evaluation)
+    predict_seconds = time.perf_counter() - started
+    context = CellContext(dataset, seed, row, predict, test_probs)
+    extra = {}
+    for fn in EXTRA_METRICS:
+        extra.update(fn(context))
+    record = {"status": "ok", **metrics, "shift": shift, "fit_seconds": fit_seconds,
+              "predict_seconds": predict_seconds, "selected": selected, "selection": selection, "info": info,
+              "extra": extra}
+    arrays = {"test_probs": test_probs.numpy(), "y": dataset.test.y.numpy()}
+    return record, arrays
+
+
+def to_json_info(info):
+    """A peer's ``info`` kept to its JSON-friendly scalars."""
+    return {k: v for k, v in dict(info).items() if isinstance(v, (bool, int, float, str)) or v is None}

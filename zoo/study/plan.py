@@ -1,0 +1,249 @@
+"""The grid of a study: datasets x seeds x methods, checked before any cell runs, and its fingerprints.
+
+``make_plan`` turns what the user asked (lists of datasets, seeds and methods, quick or
+not, overrides) into a ``Plan``: every dataset loaded once to fingerprint its data,
+every row resolved to the exact options its cells will use. ``Plan.config()`` is what
+``study.json`` stores; ``Plan.key(dataset, seed, row)`` is a cell's own fingerprint, so
+a finished cell is reused exactly when everything it depends on is unchanged.
+"""
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import data as zdata
+from .. import recipes, runs
+from ..runs import to_plain
+from .select import check_row
+
+VERSIONED = ("zoo", "torch", "pyro-ppl")
+PREDICT_CHUNK = 512 << 20  # bytes per prediction chunk: fixed, so chunking (and the draws) never depend on free memory
+
+
+class StudyError(ValueError):
+    """A study cannot start as asked (a list, a flag, the output folder); the message names the culprit."""
+
+
+def parse_list(text, flag):
+    """``"a, b"`` -> ["a", "b"]; refuses an empty list and duplicates, naming ``flag``."""
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else [str(t) for t in text])]
+    items = [t for t in items if t]
+    if not items:
+        raise StudyError(f"{flag} is empty; give at least one item")
+    seen = set()
+    for item in items:
+        if item.lower() in seen:
+            raise StudyError(f"{flag} lists '{item}' twice")
+        seen.add(item.lower())
+    return items
+
+
+def parse_seeds(text):
+    seeds = []
+    for item in parse_list(text, "--seeds"):
+        if not re.fullmatch(r"\d+", item):
+            raise StudyError(f"--seeds: '{item}' is not a seed (an integer >= 0)")
+        seeds.append(int(item))
+    if len(set(seeds)) < len(seeds):
+        raise StudyError(f"--seeds lists {next(s for s in seeds if seeds.count(s) > 1)} twice")
+    return seeds
+
+
+def slug(text):
+    """A file-system name for a label or dataset: lower case, runs of other characters as one '-'."""
+    return re.sub(r"[^a-z0-9._]+", "-", str(text).lower()).strip("-") or "x"
+
+
+def digest(obj, n=16):
+    return hashlib.sha256(json.dumps(to_plain(obj), sort_keys=True).encode()).hexdigest()[:n]
+
+
+def data_fingerprint(dataset):
+    """sha256 over the tensors of both splits (values, labels, masks) and the class list."""
+    h = hashlib.sha256()
+    for split in (dataset.train, dataset.test):
+        for t in (split.x, split.y, split.mask):
+            if t is not None:
+                h.update(str((t.dtype, tuple(t.shape))).encode())
+                h.update(t.contiguous().numpy().tobytes())
+    h.update(json.dumps([str(c) for c in dataset.classes]).encode())
+    return h.hexdigest()[:16]
+
+
+def load_dataset(ref):
+    """A shipped dataset by name, or a user's ``.npz``/``.csv`` file by path."""
+    if Path(ref).suffix.lower() in (".npz", ".csv"):
+        return zdata.load_file(ref)
+    return zdata.load(ref)
+
+
+def shipped_names():
+    return list(zdata.available())
+
+
+def dataset_entry(ref):
+    """``{"id", "ref", "fingerprint", "shapes"}`` of one dataset, loaded once here."""
+    try:
+        dataset = load_dataset(ref)
+    except ValueError as e:
+        raise StudyError(f"--datasets: {e}") from None
+    is_file = Path(ref).suffix.lower() in (".npz", ".csv")
+    return {"id": slug(Path(ref).stem) if is_file else dataset.name,
+            "ref": str(Path(ref).resolve()) if is_file else dataset.name,
+            "fingerprint": data_fingerprint(dataset), "shapes": shapes_of(dataset)}
+
+
+def shapes_of(dataset):
+    """What a model and a memory estimate need to know of a dataset: sizes, length, channels, classes, vocabulary."""
+    vocab = int(max(dataset.train.x.max(), dataset.test.x.max())) + 1 if dataset.tokens else None
+    return {"n_train": len(dataset.train), "n_test": len(dataset.test), "length": dataset.max_len,
+            "channels": dataset.input_dim or 1, "classes": dataset.num_classes, "tokens": dataset.tokens,
+            "vocab": vocab}
+
+
+def methods_offered(reference=False):
+    """Every row ``--methods`` may name; the LoRA rows are offered but not run by default (each dataset first
+    needs its own pretrained backbone, up to 15 minutes)."""
+    return [*recipes.STUDY, *recipes.STUDY_PEERS, *recipes.LORA_STUDY, *([recipes.REFERENCE] if reference else [])]
+
+
+def resolve_row(row):
+    """A row with every default written out (what its cells depend on): model size, prior, fit options.
+
+    A peer gets the MAP row's steps and lr where its fitter takes them (``zoo.study.peers``).
+    """
+    import inspect
+
+    from .peers import PEERS
+
+    model = {**recipes.MODEL, **row.get("model", {})}
+    if "peer" in row:
+        accepted = inspect.signature(PEERS[row["peer"]]).parameters
+        options = {k: v for k, v in recipes.FIT["map"].items() if k in accepted}
+        return {"label": row["label"], "peer": row["peer"], "model": model,
+                "options": {**options, **row.get("options", {})}}
+    check_row(row)
+    if row.get("adapter"):  # the backbone's architecture, not MODEL, sizes an adapter row
+        return {"label": row["label"], "guide": row["guide"], "bayes": row.get("bayes", "weights"),
+                "prior": row.get("prior", recipes.PRIOR), "adapter": row["adapter"], "backbone": row["backbone"],
+                "model": row.get("model", {}), "options": recipes.fit_options(row["guide"], **row.get("options", {})),
+                "select": row.get("select")}
+    return {"label": row["label"], "guide": row["guide"], "bayes": row.get("bayes", "weights"),
+            "prior": row.get("prior", recipes.PRIOR), "attention_prior": row.get("attention_prior"),
+            "model": model, "options": recipes.fit_options(row["guide"], **row.get("options", {})),
+            "select": row.get("select")}
+
+
+@dataclass
+class Plan:
+    datasets: list  # dataset entries
+    seeds: list
+    rows: list  # resolved rows and peers
+    evaluation: dict
+    quick: bool
+    device: str = "cpu"
+    versions: dict = field(default_factory=dict)
+
+    def config(self):
+        """Everything the cells depend on; ``study.json`` stores it and its digest."""
+        return to_plain({"datasets": [d["id"] for d in self.datasets],
+                         "data": {d["id"]: d["fingerprint"] for d in self.datasets},
+                         "seeds": self.seeds, "methods": [r["label"] for r in self.rows],
+                         "rows": {r["label"]: r for r in self.rows}, "evaluation": self.evaluation,
+                         "quick": self.quick, "device": self.device, "versions": self.versions})
+
+    def fingerprint(self):
+        return digest(self.config())
+
+    def key(self, dataset, seed, row):
+        """The fingerprint of one cell: its data, seed, resolved row, evaluation settings and versions."""
+        return digest({"data": dataset["fingerprint"], "seed": seed, "row": row, "evaluation": self.evaluation,
+                       "device": self.device, "versions": self.versions})
+
+    def cells(self):
+        """(dataset entry, seed, row) in grid order: dataset, then seed, then method."""
+        return [(d, s, r) for d in self.datasets for s in self.seeds for r in self.rows]
+
+
+def versions():
+    """The versions a cell's numbers depend on: this library, torch and Pyro."""
+    return {k: v for k, v in runs.versions().items() if k in VERSIONED}
+
+
+def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, reference=False, steps_scale=None,
+              num_samples=None, device="cpu", chunk=PREDICT_CHUNK):
+    """Check every list and option and build the Plan; any problem is a one-line StudyError naming it.
+
+    Names, seeds, methods and options are checked before any dataset is loaded.
+    """
+    names = dataset_names(datasets)
+    seeds = parse_seeds(seeds if seeds is not None else "0")
+    offered = methods_offered(reference)
+    if methods is None:
+        rows = [r for r in offered if (peers or "peer" not in r) and "adapter" not in r]
+    else:
+        by_label = {r["label"].lower(): r for r in offered}
+        wanted = parse_list(methods, "--methods")
+        unknown = [m for m in wanted if m.lower() not in by_label]
+        if unknown:
+            raise StudyError(f"--methods: unknown method '{unknown[0]}'; methods are: "
+                             f"{', '.join(r['label'] for r in offered)}")
+        rows = [by_label[m.lower()] for m in wanted]
+    try:
+        rows = [resolve_row(r) for r in rows]
+    except ValueError as e:
+        raise StudyError(str(e)) from None
+    if quick:
+        rows = [{**r, "select": {k: thin(v, recipes.QUICK_GRID) for k, v in r["select"].items()}}
+                if r.get("select") else r for r in rows]
+    slugs = [slug(r["label"]) for r in rows]
+    for r, s in zip(rows, slugs):
+        if slugs.count(s) > 1:
+            raise StudyError(f"two methods share the file name '{s}' (one is '{r['label']}'); rename a row")
+    evaluation = {**recipes.EVALUATION, "steps_scale": 1.0, "predict_chunk": int(chunk)}
+    if quick:
+        evaluation.update(recipes.QUICK)
+    if steps_scale is not None:
+        if not steps_scale > 0:
+            raise StudyError(f"--steps-scale must be positive, got {steps_scale}")
+        evaluation["steps_scale"] = float(steps_scale)
+    if num_samples is not None:
+        if num_samples < 1:
+            raise StudyError(f"--num-samples must be >= 1, got {num_samples}")
+        evaluation["samples"] = int(num_samples)
+    entries = [dataset_entry(n) for n in names]
+    ids = [e["id"] for e in entries]
+    for i in ids:
+        if ids.count(i) > 1:
+            raise StudyError(f"--datasets names dataset '{i}' twice")
+    return Plan(entries, seeds, rows, evaluation, bool(quick), str(torch.device(device)), versions())
+
+
+def thin(values, most):
+    """At most ``most`` of a grid's values, spread over it, the ends kept: [1, .3, .1, .03, .01] -> [1, .1, .01]."""
+    values = list(values)
+    if len(values) <= most:
+        return values
+    return [values[round(i * (len(values) - 1) / (most - 1))] for i in range(most)]
+
+
+def dataset_names(datasets):
+    """The asked datasets as shipped names or file paths, each checked to exist (``all``: every shipped one)."""
+    names = parse_list(datasets if datasets is not None else zdata.DEFAULT_DATASET, "--datasets")
+    shipped = shipped_names()
+    if len(names) == 1 and names[0].lower() == "all":
+        return shipped
+    known = {n.lower() for n in shipped}
+    for name in names:
+        if name.lower() == "all":
+            raise StudyError("--datasets: 'all' stands alone; it means every shipped dataset")
+        if Path(name).suffix.lower() in (".npz", ".csv"):
+            if not Path(name).is_file():
+                raise StudyError(f"--datasets: data file '{name}' does not exist")
+        elif name.lower() not in known:
+            raise StudyError(f"--datasets: unknown dataset '{name}'; shipped: {', '.join(shipped)} "
+                             f"(or a .npz/.csv file)")
+    return names
