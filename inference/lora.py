@@ -87,7 +87,7 @@ def fit_laplace_lora(model, data, *, steps=1000, lr=1e-2, batch_size=None, tempe
     try:
         from laplace import Laplace
     except ImportError:
-        raise FitError("laplace_lora needs laplace-torch: pip install 'bayesformer-zoo[peers]'") from None
+        raise FitError("laplace_lora needs laplace-torch: run `make peers` (it installs it beside the CPU torch)") from None
     _check_lora(model, "laplace_lora")
     if predictive not in PREDICTIVES:
         raise FitError(f"laplace_lora: unknown predictive '{predictive}'; valid: {', '.join(PREDICTIVES)}")
