@@ -32,4 +32,17 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -m slow
 
-.PHONY: install peers study test test-slow
+# The documentation site into build/site/ (`mkdocs build --strict`: any warning, broken link or anchor, page left
+# out of the nav or missing API object fails it). mkdocstrings reads the docstrings from the source without
+# importing it, so the site needs only these packages, put into .venv on first use (an environment that has them:
+# `make docs VENV=/path/to/venv`).
+DOCS := mkdocs==1.6.1 mkdocs-material==9.8.2 mkdocstrings==1.0.8 mkdocstrings-python==2.0.11 pymdown-extensions==13.1.2
+
+$(BIN)/mkdocs:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q $(DOCS)
+
+docs: $(BIN)/mkdocs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+.PHONY: install peers study test test-slow docs

@@ -251,3 +251,11 @@ def test_a_lora_row_is_a_study_cell_on_the_backbone_pretrained_without_its_datas
                            progress=False)
     (cell,) = results["cells"]
     assert cell["method"] == "LoRA map" and 0 <= cell["accuracy"] <= 1 and math.isfinite(cell["nll"])
+
+
+def test_a_scheduler_address_of_another_transport_is_left_to_dask():
+    from zoo.study.engine import probe
+
+    probe("inproc://192.0.2.2/5354/1")  # a LocalCluster(processes=False): no TCP port to probe
+    with pytest.raises(StudyError, match="not an address"):
+        probe("tcp://no-port-here")

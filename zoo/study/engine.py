@@ -160,11 +160,11 @@ def probe(address):
 
     try:
         scheme, location = parse_address(address, strict=True)
+        if scheme not in ("tcp", "tls"):  # inproc:// (a LocalCluster of threads) and other transports: Dask checks
+            return
         host, port = parse_host_port(location)
     except ValueError as e:
         raise StudyError(f"--scheduler {address} is not an address such as tcp://HOST:PORT ({e})") from None
-    if scheme not in ("tcp", "tls"):
-        return
     try:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
     except OSError as e:
