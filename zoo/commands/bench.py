@@ -2,8 +2,10 @@
 import importlib
 
 NAME = "bench"
-HELP = "benchmarks: speed (vs plain PyTorch), nuts (function-space mixing, vs NumPyro), memory"
-BENCHMARKS = {"speed": "benchmarks.speed", "nuts": "benchmarks.nuts", "memory": "benchmarks.memory"}
+HELP = ("benchmarks: speed (vs plain PyTorch), nuts (function-space mixing, vs NumPyro), reference (many chains "
+        "from an ensemble: nested R-hat, ESS, agreement of two runs), memory")
+BENCHMARKS = {"speed": "benchmarks.speed", "nuts": "benchmarks.nuts", "reference": "benchmarks.reference",
+              "memory": "benchmarks.memory"}
 
 
 def add_arguments(parser):
