@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from inference import FitError, fit, function_space
-from inference.mcmc import by_chain, chain_start, convergence, nested_rhat
+from inference.mcmc import by_chain, chain_start, convergence, mode_variance, nested_rhat, predictive_distance
 from inference.mcmc.mclmc import MCLMC, Noise, adapt, sample
 from inference.mcmc.potential import LogDensity
 from inference.mcmc.reference import ensemble, member_seeds
@@ -83,6 +83,41 @@ def test_nested_rhat_flags_one_stuck_superchain():
     assert convergence(mixed, superchains=8)["between_mode_share"] < 0.02
     with pytest.raises(ValueError):
         nested_rhat(mixed, 5)
+
+
+def test_nested_rhat_of_iid_and_stuck_chains_matches_its_expectation():
+    """E[R^2 - 1] = E[B] / E[W]: 1 / (M (N + 1)) for iid draws, plus delta^2 / K with one superchain shifted by delta.
+
+    Averaged over 4000 iid entries; the tolerance is 4 Monte Carlo standard errors of
+    that average (B is a variance of K superchain means: relative sd sqrt(2 / (K - 1))).
+    """
+    k, m, n, entries, delta = 8, 4, 20, 4000, 1.5
+    mixed = np.random.default_rng(2).normal(size=(k * m, n, entries))
+    tolerance = 4 * np.sqrt(2 / (k - 1) / entries)
+    excess = nested_rhat(mixed, k) ** 2 - 1
+    assert abs(excess.mean() * m * (n + 1) - 1) < tolerance
+    stuck = mixed.copy()
+    stuck[:m] += delta
+    assert nested_rhat(stuck, k).min() > 1.05  # each entry flags the stuck superchain
+    expected = (delta**2 / k + 1 / (m * n)) / (1 + 1 / n)
+    assert abs((nested_rhat(stuck, k) ** 2 - 1).mean() / expected - 1) < tolerance  # the shift only narrows B's spread
+
+
+def test_mode_variance_splits_the_total_variance_between_and_within_superchains():
+    """Two superchains at -a and +a, each spreading +-s around its centre: between a^2, within s^2, exactly."""
+    a, s = 0.3, 0.1
+    draws = np.array([[-a - s, -a + s], [-a + s, -a - s], [a - s, a + s], [a + s, a - s]])[..., None]  # [C=4, D=2, 1]
+    split = mode_variance(draws, 2)
+    assert math.isclose(split["between_mode"], a**2) and math.isclose(split["within_mode"], s**2)
+    assert math.isclose(split["between_mode_share"], a**2 / (a**2 + s**2))
+    # on random draws [C, D, N, K] the two parts add up to the variance of all draws, entry by entry averaged
+    values = np.random.default_rng(3).normal(size=(6, 5, 4, 2)) + 3 * (np.arange(6)[:, None, None, None] // 2)
+    split = mode_variance(values, 3)
+    assert math.isclose(split["between_mode"] + split["within_mode"],
+                        values.reshape(30, -1).var(axis=0).mean(), rel_tol=1e-12)
+    assert split["between_mode_share"] > 0.7  # superchain means 0, 3, 6 (variance 6), draws spread 1: share ~6/7
+    with pytest.raises(ValueError, match="superchains"):
+        mode_variance(values, 4)
 
 
 def test_reference_matches_the_conjugate_posterior_within_monte_carlo_error():
@@ -190,3 +225,31 @@ def test_superchains_in_worker_processes_match_one_process():
     one = fit(BayesianLinearRegression(3, noise_scale=0.5), (x, y), **options)
     two = fit(BayesianLinearRegression(3, noise_scale=0.5), (x, y), workers=2, **options)
     assert torch.allclose(one.draws["weight"], two.draws["weight"], atol=1e-6)
+
+
+def test_distance_to_the_reference_takes_posteriors_and_inputs():
+    """``predictive_distance(posterior, reference, x)``: the column every study method gets."""
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 8, 1), torch.randint(0, 2, (10,))
+    model = TransformerClassifier(2, input_dim=1, d_model=4, depth=1, heads=1, max_len=8)
+    reference = fit(model, (x, y), guide="reference", steps=5, num_members=2, num_chains=2, warmup=0, num_samples=3,
+                    thin=1, progress=False)
+    point = fit(TransformerClassifier(2, input_dim=1, d_model=4, depth=1, heads=1, max_len=8), (x, y), guide="map",
+                steps=5, progress=False)
+    d = predictive_distance(point, reference, x)
+    assert d == predictive_distance(point.predict(x), reference.predict(x))
+    assert d["tv"] > 0 and d["kl"] > 0 and predictive_distance(reference, reference, x)["tv"] == 0.0
+    with pytest.raises(ValueError, match="inputs x"):
+        predictive_distance(point, reference)
+
+
+@pytest.mark.slow
+def test_bench_reference_prints_its_figures(capsys):
+    """``bzoo bench reference`` on a tiny budget: two runs, and every figure of the issue as name=value."""
+    from benchmarks.reference import main
+    assert main(["--d-model", "4", "--heads", "1", "--members", "2", "--chains", "4", "--warmup", "20", "--draws",
+                 "5", "--thin", "1", "--map-steps", "5", "--no-progress"]) == 0
+    figures = dict(line.split("=") for line in capsys.readouterr().out.splitlines() if line.count("=") == 1
+                   and " " not in line)
+    assert {"rhat", "ess", "agreement", "wall", "cpu", "load"} <= set(figures)
+    assert float(figures["rhat"]) >= 1.0 and 0 <= float(figures["agreement"]) <= 1

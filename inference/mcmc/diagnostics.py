@@ -79,7 +79,10 @@ def mode_variance(values, superchains):
     ``between_mode_share`` is the first over their sum.
     """
     v = np.asarray(values, dtype=float)
-    v = v.reshape(superchains, -1, v.shape[-1] if v.ndim > 2 else 1)  # [K, M * D, E]
+    c, d = v.shape[:2]
+    if superchains < 1 or c % superchains:
+        raise ValueError(f"{c} chains do not form {superchains} equal superchains")
+    v = v.reshape(superchains, c // superchains * d, -1)  # [K, M * D, E]
     between = v.mean(axis=1).var(axis=0).mean()
     within = v.var(axis=1).mean()
     return {"between_mode": float(between), "within_mode": float(within),
@@ -104,14 +107,24 @@ def weight_space(posterior):
     return convergence(by_chain(flat, chains))
 
 
-def predictive_distance(probs, reference):
+def predictive_distance(probs, reference, x=None, mask=None):
     """Mean over points of total variation and KL(reference || method) between posterior predictives.
 
     ``probs`` and ``reference`` are per-draw class probabilities [S, N, K] (or
-    already averaged [N, K]) on the same inputs.
+    already averaged [N, K]) on the same inputs, or fitted posteriors (anything
+    with ``predict``), which are then evaluated on ``x`` (and ``mask``): a method's
+    distance to the reference is ``predictive_distance(posterior, reference, x_test)``.
+    Returns ``tv`` (mean total variation), ``tv_max`` (worst point) and ``kl``.
     """
+    def predictive(q):
+        if not hasattr(q, "predict"):
+            return q
+        if x is None:
+            raise ValueError("predictive_distance of a posterior needs the inputs x to predict on")
+        return q.predict(x, mask=mask)
+    probs, reference = predictive(probs), predictive(reference)
     p = (probs.mean(0) if probs.dim() == 3 else probs).double().clamp_min(1e-12)
-    r = (reference.mean(0) if reference.dim() == 3 else reference).double().clamp_min(1e-12)
+    r = (reference.mean(0) if reference.dim() == 3 else reference).double().clamp_min(1e-12).to(p.device)
     if p.shape != r.shape:
         raise ValueError(f"predictions {tuple(p.shape)} and reference {tuple(r.shape)} cover different points")
     tv = 0.5 * (p - r).abs().sum(-1)
