@@ -116,9 +116,12 @@ def timed(data, model_options, seed, options, label):
           f"{info['ensemble_time']:.0f} s wall), load {load0:.1f} -> {load1[0]:.1f} (5 min {load1[1]:.1f})")
     if options["sampler"] == "mclmc":
         eps, L = torch.tensor(info["step_size"]), torch.tensor(info["L"])
+        squared = torch.as_tensor(info["sample_stats"]["energy_change"]) ** 2 / weights_of(post)
+        q = squared.flatten().quantile(torch.tensor([0.5, 0.99], dtype=squared.dtype))
         print(f"{label}: step size {eps.min():.3g}-{eps.max():.3g} (median {eps.median():.3g}), L {L.min():.3g}-"
               f"{L.max():.3g}, energy error variance per dim {info['energy_var_measured']:.2e} (target "
-              f"{info['energy_var']:.0e}), failed steps {info['divergences']}")
+              f"{info['energy_var']:.0e}; squared energy error per dim: median {q[0]:.2e}, 99% {q[1]:.2e}), "
+              f"failed steps {info['divergences']}")
     else:
         stats = info["sample_stats"]
         print(f"{label}: tree depth mean {stats['tree_depth'].mean():.2f}, divergences {info['divergences']}")
@@ -131,6 +134,10 @@ def timed(data, model_options, seed, options, label):
           f"per member accuracy {[round(m['accuracy'], 3) for m in per_member]}, "
           f"nll {[round(m['nll'], 3) for m in per_member]}")
     return {"fs": fs, "mean": probs.mean(0), "wall": wall, "cpu": cpu, "load": (load0 + load1[0]) / 2}
+
+
+def weights_of(post):
+    return sum(v[0].numel() for v in post.draws.values())
 
 
 if __name__ == "__main__":
