@@ -31,7 +31,8 @@ class Noise:
     """Standard normal draws for C chains, one generator per group of chains (a superchain).
 
     Each group's numbers come from its own seed, so a chain's draws do not depend on
-    which other groups run in the same batch or process.
+    which other groups run in the same batch or process (up to floating-point rounding,
+    which a network evaluated on a different number of chains does differently).
     """
 
     def __init__(self, seeds, sizes, device=None):
