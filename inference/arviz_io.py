@@ -184,6 +184,11 @@ def to_inference_data(posterior, x, y, mask=None, num_samples=None, var_names=No
             p = posterior.predict(xo, s, mo, batch_size, draws=draws)
             variables["ood_probs"] = (["chain", "draw", "ood_id", "class"], by_chain(as_numpy(p).astype(np.float32), chains))
         groups["predictions"] = dataset(variables, attrs)
+    superchains = posterior.info.get("superchains")
+    if superchains:  # a reference: each ensemble member started a run of consecutive chains
+        ids = np.arange(chains) // (chains // superchains)
+        groups = {g: ds.assign_coords(superchain=("chain", ids)) if ds is not None and "chain" in ds.dims else ds
+                  for g, ds in groups.items()}
     return assemble(groups)
 
 

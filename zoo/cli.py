@@ -21,8 +21,8 @@ COMMANDS = {
     "prior-check": "prior predictive check: logit scale, predictive entropy and degenerate functions per prior",
     "diagnose": "diagnose a fitted run: R-hat/ESS, PSIS-LOO with Pareto k, calibration, plots",
     "datasets": "list the shipped datasets with train/test sizes, classes, channels and length (no download needed)",
-    "bench": "benchmarks: speed (vs plain PyTorch), nuts (function-space mixing, vs NumPyro), memory, "
-             "lora (vs full-weight MAP)",
+    "bench": "benchmarks: speed (vs plain PyTorch), nuts (function-space mixing, vs NumPyro), reference (many "
+             "chains from an ensemble: nested R-hat, ESS, agreement of two runs), memory, lora (vs full-weight MAP)",
     "pretrain": "pretrain a backbone transformer (masked-patch reconstruction) on every shipped series but --exclude's",
 }
 

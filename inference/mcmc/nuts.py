@@ -134,7 +134,8 @@ def fit_nuts(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1
 
     ``init``: ``map`` (default) starts each chain from a freshly initialised network
     refined by ``steps`` Adam steps at ``lr`` of MAP; ``random`` from the fresh
-    network itself; ``model`` from the model's own initial values (all chains alike).
+    network itself; ``model`` from the model's own initial values (all chains alike);
+    or a list of ``num_chains`` starts (site name -> value), as ``guide="reference"`` passes.
     ``dense_mass`` adapts a full mass matrix (else diagonal); ``jit_compile`` traces
     the potential with ``torch.jit``. ``workers`` > 1 runs the chains in that many
     processes (one per core: chains are independent, so wall time divides by about
@@ -145,8 +146,10 @@ def fit_nuts(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1
     """
     if batch_size is not None and batch_size < data[0].shape[0]:
         raise FitError("nuts uses the full data set each step; drop batch_size")
-    if init not in INITS:
-        raise FitError(f"unknown nuts init '{init}'; valid: {', '.join(INITS)}")
+    if isinstance(init, str) and init not in INITS:
+        raise FitError(f"unknown nuts init '{init}'; valid: {', '.join(INITS)}, or one start (site -> value) per chain")
+    if not isinstance(init, str) and len(init) != num_chains:
+        raise FitError(f"nuts init gives {len(init)} chain starts for num_chains={num_chains}")
     if num_chains < 1 or warmup < 0 or num_samples < 1 or max_tree_depth < 1:
         raise FitError("nuts needs num_chains >= 1, warmup >= 0, num_samples >= 1 and max_tree_depth >= 1")
     if workers < 1:
@@ -177,7 +180,10 @@ def one_chain(model, data, c, o):
     """
     torch.set_num_threads(o["threads"])  # a worker process does not inherit the parent's setting
     begin = time.perf_counter()
-    start = chain_start(model, data, o["init"], o["steps"], o["lr"], o["temperature"], o["seed"] + c)
+    if isinstance(o["init"], str):
+        start = chain_start(model, data, o["init"], o["steps"], o["lr"], o["temperature"], o["seed"] + c)
+    else:
+        start = o["init"][c]
     start_seconds = time.perf_counter() - begin
     pyro.set_rng_seed(o["seed"] + c)
     kernel = NUTS(tempered(model, o["temperature"]), max_tree_depth=o["max_tree_depth"],
@@ -203,8 +209,9 @@ def _run(model, data, o):
     draws = {n: torch.cat([chain[n] for chain in chains]) for n in chains[0]}
     sample_stats = {k: np.array([s[k] for s in stats]) for k in stats[0]}
     info = {"chains": o["num_chains"], "draws_per_chain": o["num_samples"],
-            **{k: o[k] for k in ("warmup", "max_tree_depth", "target_accept", "dense_mass", "init", "temperature",
-                                 "seed", "workers")},
+            **{k: o[k] for k in ("warmup", "max_tree_depth", "target_accept", "dense_mass", "temperature", "seed",
+                                 "workers")},
+            "init": o["init"] if isinstance(o["init"], str) else "given",
             "sample_stats": sample_stats, "divergences": int(sample_stats["diverging"].sum()),
             "wall_time": time.perf_counter() - start_time, "start_time": sum(start_seconds)}
     x, _, mask = data

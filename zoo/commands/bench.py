@@ -1,8 +1,8 @@
 """bzoo bench: run a benchmark that prints ratios against peers measured in the same run."""
 import importlib
 
-BENCHMARKS = {"speed": "benchmarks.speed", "nuts": "benchmarks.nuts", "memory": "benchmarks.memory",
-              "lora": "benchmarks.lora"}
+BENCHMARKS = {"speed": "benchmarks.speed", "nuts": "benchmarks.nuts", "reference": "benchmarks.reference",
+              "memory": "benchmarks.memory", "lora": "benchmarks.lora"}
 
 
 def add_arguments(parser):

@@ -12,7 +12,8 @@ def add_arguments(parser):
     parser.add_argument("--methods", help=f"comma-separated rows and peers: {', '.join(labels)} (default all)")
     parser.add_argument("--no-peers", action="store_true", help="leave the peers out of the default methods")
     parser.add_argument("--reference", action="store_true",
-                        help="add NUTS on a small transformer as the reference row; cells then report tv, kl to it")
+                        help="add the reference posterior (many MCLMC chains from a deep ensemble, on a small transformer) as a row; "
+                             "cells then report tv, kl to it")
     parser.add_argument("--quick", action="store_true",
                         help=f"a fast sweep: steps x{recipes.QUICK['steps_scale']}, {recipes.QUICK['samples']} draws "
                              "(docs/study.md)")
