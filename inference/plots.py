@@ -136,9 +136,18 @@ def trace(idata, path, var_names, coords=None):
 
 
 def pareto_k(loo, path):
-    """``az.plot_khat``: the Pareto k of each observation's PSIS-LOO weights."""
-    import arviz as az
-    return _pyplot_save(az.plot_khat(loo, show_bins=True), path)
+    """The Pareto k of each observation's PSIS-LOO weights, with the 0.7 and 1 thresholds (drawn here, not by
+    ``az.plot_khat``, whose bin labels sit at the data's scale and blew a figure to 178,000 pixels wide when
+    every k was above 1)."""
+    k = np.asarray(loo.pareto_k).ravel()
+    fig = Figure(figsize=(6, 3.2), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(np.arange(len(k)), k, s=10, color="C0")
+    for threshold, color in ((0.7, "C1"), (1.0, "C3")):
+        ax.axhline(threshold, color=color, ls="--", lw=1, label=f"k = {threshold}")
+    ax.set(xlabel="observation", ylabel="Pareto k", title=f"{int((k > 0.7).sum())} of {len(k)} above 0.7")
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
 
 
 def loo_compare(comparison, path):

@@ -55,14 +55,17 @@ class Posterior:
         return num_samples or 100
 
     @torch.no_grad()
-    def sample(self, num_samples=None, x=None, mask=None, offset=0):
+    def sample(self, num_samples=None, x=None, mask=None):
         """Draws of the global latent sites as name -> [S, *shape] (S = 1 for a point estimate).
 
-        Stored draws (MCMC, ensembles) are returned in order from ``offset``; a guide draws afresh.
+        Of stored draws (MCMC, ensembles), S evenly spaced over all of them, so that fewer draws
+        than are held still come from every chain; a guide draws afresh.
         """
         s = self.num_draws(num_samples)
         if self.draws is not None:
-            return {n: v[offset:offset + s] for n, v in self.draws.items()}
+            held = next(iter(self.draws.values())).shape[0]
+            index = torch.linspace(0, held - 1, s).round().long() if s < held else slice(None)
+            return {n: v[index] for n, v in self.draws.items()}
         if x is None:
             x, mask = self.x_proto, self.mask_proto
         with draws_plate(s):
@@ -93,13 +96,15 @@ class Posterior:
             if hasattr(getattr(self.model, "net", None), "check_input"):
                 self.model.net.check_input(x)  # a one-line error before any Pyro trace
             mask = None if mask is None else mask.to(self.device)
+            if draws is None and self.draws is not None:
+                draws = self.sample(s)  # views of the stored draws, spread over every chain
             per_chunk, inputs = plan(self.model, x, s)
             inputs = min(inputs, batch_size or inputs)
             rows = []
             for start in range(0, s, per_chunk):
                 n = min(per_chunk, s - start)
                 chunk = ({k: v[start:start + n] for k, v in draws.items()} if draws is not None
-                         else self.sample(n, x[:inputs], None if mask is None else mask[:inputs], offset=start))
+                         else self.sample(n, x[:inputs], None if mask is None else mask[:inputs]))
                 rows.append(torch.cat([self._probs(x[i:i + inputs], None if mask is None else mask[i:i + inputs],
                                                    chunk, n) for i in range(0, x.shape[0], inputs)], dim=-2))
             return torch.cat(rows)

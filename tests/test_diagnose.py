@@ -107,3 +107,16 @@ def test_prior_check_on_the_default_model_separates_isotropic_and_fan_in_priors(
     assert iso["logit_scale"] > 3 * fan["logit_scale"]
     assert fan["degenerate_share"] - iso["degenerate_share"] > 0.1
     assert fan["entropy_mean"] > iso["entropy_mean"]
+
+
+def test_the_pareto_k_plot_keeps_its_size_when_every_k_is_large(tmp_path):
+    """ArviZ's plot_khat drew its bin labels at the data's scale: every k above 1 gave a 178,000-pixel PNG."""
+    from types import SimpleNamespace
+
+    from matplotlib.image import imread
+
+    from inference import plots
+
+    path = plots.pareto_k(SimpleNamespace(pareto_k=np.linspace(1.5, 40.0, 67)), tmp_path / "k.png")
+    height, width = imread(path).shape[:2]
+    assert width < 1500 and height < 1000

@@ -141,3 +141,15 @@ def test_chains_in_worker_processes_match_chains_run_in_turn():
     assert two.info["workers"] == 2 and two.draws["weight"].shape == (20, 3)
     assert torch.equal(one.draws["weight"], two.draws["weight"])
     assert np.array_equal(one.info["sample_stats"]["n_steps"], two.info["sample_stats"]["n_steps"])
+
+
+def test_fewer_predictive_draws_than_stored_come_from_every_chain():
+    """Stored draws are chain after chain; asking for fewer must not take them all from the first chain."""
+    from inference import Posterior
+
+    held = {"w": torch.arange(12.0)[:, None]}  # 3 chains of 4 draws: chain c holds 4c .. 4c + 3
+    post = Posterior.__new__(Posterior)
+    post.draws, post.point = held, False
+    picked = post.sample(3)["w"].squeeze(1)
+    assert picked.tolist() == [0.0, 6.0, 11.0] and len({int(v) // 4 for v in picked}) == 3
+    assert post.sample(None)["w"].shape[0] == 12 and post.sample(50)["w"].shape[0] == 12
