@@ -251,6 +251,7 @@ def test_a_lora_row_is_a_study_cell_on_the_backbone_pretrained_without_its_datas
                            progress=False)
     (cell,) = results["cells"]
     assert cell["method"] == "LoRA map" and 0 <= cell["accuracy"] <= 1 and math.isfinite(cell["nll"])
+    assert 0 < cell["info"]["trained_parameters"] < 50_000  # adapters and head, not the 200k-weight backbone
 
 
 def test_a_scheduler_address_of_another_transport_is_left_to_dask():

@@ -242,7 +242,7 @@ def _run(task):
         selected, selection = {}, None
     else:
         predict, fit_seconds, selected, selection = select_and_fit(row, dataset, seed, device, evaluation)
-        info = {}
+        info = {"trained_parameters": trained_parameters(row, dataset)}
     seed_everything(seed)  # the evaluation's draws do not depend on how many the fit took
     started = time.perf_counter()
     metrics, shift, test_probs = evaluate_cell(predict, task["ref"], seed, evaluation)
@@ -256,6 +256,11 @@ def _run(task):
               "extra": extra}
     arrays = {"test_probs": test_probs.numpy(), "y": dataset.test.y.numpy()}
     return record, arrays
+
+
+def trained_parameters(row, dataset):
+    """How many network numbers the row's fit trains (for an adapter row: the adapters and the head only)."""
+    return sum(p.numel() for p in make_model(row, shapes_of(dataset)).net.parameters())
 
 
 def to_json_info(info):
