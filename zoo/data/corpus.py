@@ -24,6 +24,8 @@ import numpy as np
 
 from inference.checks import DataError
 
+from .files import _is_number
+
 MIN_LENGTH = 8
 SUFFIXES = re.compile(r"_(TRAIN|TEST)(_[A-Z]+)?$")
 READERS = (".ts", ".tsf", ".csv")
@@ -116,14 +118,6 @@ def _read_csv(path):
             continue
         out.append(values)
     return out
-
-
-def _is_number(text):
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 def _is_index(v):
