@@ -13,6 +13,7 @@ import zoo
 from inference.elbo import elbo_terms
 from priors import MaskedDirichlet
 from zoo.models.attention import site_name
+from padded_data import padded_batch
 
 torch.set_num_threads(2)
 
@@ -20,15 +21,6 @@ torch.set_num_threads(2)
 def tiny_model(bayes="attention", **kw):
     torch.manual_seed(0)
     return zoo.TransformerClassifier(2, input_dim=3, d_model=8, depth=2, heads=2, max_len=16, bayes=bayes, **kw)
-
-
-def padded_batch():
-    """Two sequences of lengths 7 and 4 padded to 7, and the same two alone."""
-    torch.manual_seed(1)
-    x = torch.randn(2, 7, 3)
-    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
-    x[1, 4:] = 100.0  # padding values must not matter
-    return x, mask, [(x[:1], mask[:1]), (x[1:, :4], mask[1:, :4])]
 
 
 def attention_trace(model, guide, x, mask, mean=False):

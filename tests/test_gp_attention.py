@@ -15,6 +15,7 @@ from inference.guides.gp import DecoupledPosterior, SGPAPosterior
 from priors.gp_attention import GPPrior, cholesky, kernel_matrix, restrict
 from zoo import cli
 from zoo.models.gp_attention import site_name
+from padded_data import padded_batch
 
 FAMILIES = ("sgpa", "sgpa-decoupled", "kep-svgp")
 PRIOR = {"sgpa": None, "sgpa-decoupled": "sgpa:kernel=ard", "kep-svgp": "kep:rank=3"}
@@ -29,15 +30,6 @@ def tiny_model(family, bayes=None, **kw):
 
 def tiny_guide(model, family, x, mask, **options):
     return inference.GUIDES[family](model, x, None, mask, **{**OPTIONS[family], **options})
-
-
-def padded_batch():
-    """Two sequences of lengths 7 and 4 padded to 7, and the same two alone."""
-    torch.manual_seed(1)
-    x = torch.randn(2, 7, 3)
-    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
-    x[1, 4:] = 100.0  # padding values must not matter
-    return x, mask, [(x[:1], mask[:1]), (x[1:, :4], mask[1:, :4])]
 
 
 def dense_kl(mean_q, cov_q, cov_p):
