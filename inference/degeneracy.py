@@ -114,8 +114,12 @@ def kl_by_site(posterior, x, mask=None):
     latent = {n: s for n, s in terms.model_trace.nodes.items() if is_latent(s)}
     numbers = {n: s["value"].numel() / PARTICLES for n, s in latent.items()}  # values carry the particle dim
     parts = {n: float(v) for n, v in (terms.kl_sites or {}).items()}
-    joint = [n for n, s in terms.guide_trace.nodes.items() if is_latent(s) and s["infer"].get("is_auxiliary")]
+    joint = [s for s in terms.guide_trace.nodes.values() if is_latent(s) and s["infer"].get("is_auxiliary")]
     if joint:  # one density over all sites: only the total is a KL
+        counted = [s["infer"]["numbers"] for s in joint if "numbers" in s["infer"]]
+        if counted:  # a KL between functions (fsvi): per function value compared, not per weight
+            site = "function values (function-space KL)"
+            return {site: max(sum(parts.values()), 0.0)}, {site: max(sum(counted), 1)}
         site = "all sites (joint guide)"
         return {site: max(sum(parts.values()), 0.0)}, {site: max(sum(numbers.values()), 1)}
     return {n: max(parts.get(n, 0.0), 0.0) for n in latent}, {n: max(numbers[n], 1) for n in latent}

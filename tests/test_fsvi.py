@@ -121,6 +121,39 @@ def test_linearized_covariance_is_J_S_JT_by_brute_force():
     assert torch.allclose(mean2, mean) and torch.allclose(cov2, cov)
 
 
+def test_the_jacobian_is_a_constant_of_the_step_unless_asked():
+    """Same KL and scale gradients either way; by default the means' gradient is that of the KL with J S J^T
+    held fixed (through f(X; m) alone), and jacobian_grad=True adds the path through J."""
+    model = tiny().double()
+    x = torch.randn(3, 7, 1, dtype=torch.float64)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[2, 4:] = False
+    prior_cov = torch.as_tensor(gaussians(n=6)[3], dtype=torch.float64)
+
+    def kl(mean, cov):
+        return regularized_kl(mean.reshape(-1), cov, torch.zeros(6, dtype=torch.float64), prior_cov, 0.1, 3)
+
+    grads, values = {}, {}
+    for flag in (False, True):
+        guide = FSVI(model, x[:2], torch.zeros(2, dtype=torch.long), mask[:2], jacobian_grad=flag)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for rho in guide.rho.values():
+                rho.uniform_(-3, 0)
+        mean, cov = guide.linearized(x, mask)
+        values[flag] = kl(mean, cov)
+        grads[flag] = dict(zip(["loc", "rho"], [torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+            values[flag], list(part.values()), retain_graph=True)]) for part in (guide.loc, guide.rho)]))
+        if not flag:  # the KL with the covariance held fixed, differentiated through the mean function alone
+            params = {n: guide.loc[n.replace(".", "__")] for n in guide.names}
+            fixed = kl(model.net(x, mask, params).T, cov.detach())
+            mean_only = torch.cat([g.reshape(-1) for g in torch.autograd.grad(fixed, list(guide.loc.values()))])
+    assert torch.allclose(values[False], values[True], rtol=1e-12)
+    assert torch.allclose(grads[False]["rho"], grads[True]["rho"], rtol=1e-9, atol=1e-12)
+    assert torch.allclose(grads[False]["loc"], mean_only, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(grads[False]["loc"], grads[True]["loc"], rtol=1e-3)
+
+
 def test_gp_kernels_respect_masks_and_sequence_structure():
     x = torch.randn(4, 12, 2)
     mask = torch.ones(4, 12, dtype=torch.bool)
@@ -170,7 +203,7 @@ def data(n=12, length=7, seed=0):
 @pytest.mark.parametrize("options,word", [
     ({"gamma": 0}, "gamma"), ({"gamma": -1.0}, "gamma"), ({"context_points": 0}, "context_points"),
     ({"batch_points": -1}, "batch_points"), ({"context": "grid"}, "context"),
-    ({"divergence": "wasserstein"}, "divergence"), ({"prior": "gaussian:scale=1"}, "weight prior"),
+    ({"divergence": "wasserstein"}, "divergence"), ({"jacobian_grad": "yes"}, "jacobian_grad"), ({"prior": "gaussian:scale=1"}, "weight prior"),
     ({"prior": GP()}, "spec string")])
 def test_bad_fsvi_options_are_refused_in_one_line(options, word):
     with pytest.raises(FitError, match=word) as error:
@@ -199,6 +232,15 @@ def test_the_elbo_kl_is_the_function_space_kl_alone(one_thread):
     for name in guide.names:
         q, p = terms.guide_trace.nodes[name]["fn"], terms.model_trace.nodes[name]["fn"]
         assert torch.equal(kl_divergence(q, p), torch.zeros(3, 1))
+
+
+def test_degeneracy_counts_a_function_space_kl_per_function_value(one_thread):
+    """fsvi's KL compares K logits on M context points, not weights: the on-the-prior check divides it by K M."""
+    from inference.degeneracy import kl_by_site
+
+    posterior = fit(tiny(), data(), guide="fsvi", steps=3, progress=False, guide_options={"context_points": 5})
+    kl, numbers = kl_by_site(posterior, data()[0])
+    assert list(numbers.values()) == [2 * 5] and list(kl.values())[0] > 0
 
 
 def test_context_inputs_mix_and_box(one_thread):

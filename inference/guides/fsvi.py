@@ -19,6 +19,12 @@ plays no part: in the model's pass each weight site's prior is replaced by q its
 closed-form KL to itself is exactly 0, so ``inference.elbo`` adds the function-space KL
 alone, which this guide contributes as the auxiliary site ``fsvi.kl`` when it sees labels.
 
+The Jacobian is a constant of each step (``jacobian_grad=False``, the default, as
+``grad_flow_jacobian=False`` in Rudner et al.'s reference code): the KL's gradient reaches the
+weight means through the mean function f(X; m) and the scales through J S J^T, not through
+J's own dependence on m, which would need a second backward pass through the per-input
+Jacobians (about twice the step's cost). ``jacobian_grad=True`` follows that path too.
+
 ``divergence="kl"`` is the earlier tractable FSVI of Rudner et al. (2022): the plain KL
 between the same two Gaussians on the context points, kept computable by a fixed jitter
 of 1e-6 instead of gamma. See docs/function-space.md.
@@ -146,11 +152,12 @@ class FSVI(nn.Module):
     ``context_points`` (inputs drawn from the context distribution, default ``CONTEXT_POINTS``),
     ``batch_points`` (how many of the batch's inputs join them, default ``BATCH_POINTS``; None: all),
     ``context`` (``mix`` or ``uniform``), ``divergence`` (``regularized`` or ``kl``),
-    ``init_scale`` (initial weight sd, 1e-2).
+    ``init_scale`` (initial weight sd, 1e-2), ``jacobian_grad`` (also differentiate J through
+    the weight means; default False, see the module's docstring).
     """
 
     def __init__(self, model, x, y=None, mask=None, prior=None, gamma=GAMMA, context_points=CONTEXT_POINTS,
-                 batch_points=BATCH_POINTS, context="uniform", divergence="regularized", init_scale=1e-2):
+                 batch_points=BATCH_POINTS, context="uniform", divergence="regularized", init_scale=1e-2, jacobian_grad=False):
         super().__init__()
         _check_model(model)
         if not (isinstance(gamma, numbers.Real) and not isinstance(gamma, bool) and 0 < gamma < math.inf):
@@ -164,11 +171,14 @@ class FSVI(nn.Module):
             raise TypeError(f"context must be one of {', '.join(CONTEXTS)}, got {context!r}")
         if divergence not in DIVERGENCES:
             raise TypeError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {divergence!r}")
+        if not isinstance(jacobian_grad, bool):
+            raise TypeError(f"jacobian_grad must be True or False, got {jacobian_grad!r}")
         if not init_scale > MIN_SCALE:
             raise TypeError(f"init_scale must be greater than {MIN_SCALE}, got {init_scale}")
         self.prior = function_prior(prior, model)
         self.gamma, self.context, self.divergence = float(gamma), context, divergence
         self.context_points, self.batch_points = int(context_points), batch_points
+        self.jacobian_grad = jacobian_grad
         self.__dict__["net"] = model.net  # not a submodule: the network's parameters belong to the model
         self.names = list(model.sites)
         self.event_dims = {n: len(model.sites[n].shape) for n in self.names}
@@ -189,16 +199,18 @@ class FSVI(nn.Module):
         """Draw every weight site from q; with labels (a fit step), also add the function-space KL site."""
         out = {n: pyro.sample(n, self.q(n)) for n in self.names}
         if y is not None:
-            kl = self.function_kl(x, mask)
-            pyro.sample(KL_SITE, dist.Delta(torch.zeros_like(kl), log_density=kl), infer={"is_auxiliary": True})
+            kl, numbers = self.function_kl(x, mask, numbers=True)
+            pyro.sample(KL_SITE, dist.Delta(torch.zeros_like(kl), log_density=kl),
+                        infer={"is_auxiliary": True, "numbers": numbers})
         return out
 
     def local(self, model):
         """``model`` with its weight priors replaced by q (see ``WithoutWeightPrior``)."""
         return WithoutWeightPrior(self)(model)
 
-    def function_kl(self, x, mask=None):
-        """D^gamma (or the plain KL) between the linearized q and the GP prior on the batch plus context points."""
+    def function_kl(self, x, mask=None, numbers=False):
+        """D^gamma (or the plain KL) between the linearized q and the GP prior on the batch plus context points;
+        with ``numbers``, also how many function values it compares (logits x points)."""
         xc, mc = context_inputs(x, mask, self.context_points, self.context, self.batch_points)
         mean, cov = self.linearized(xc, mc)
         k = mean.shape[0]
@@ -211,10 +223,15 @@ class FSVI(nn.Module):
             kl = gaussian_kl(mean_q, cov_q + eye, torch.zeros_like(mean_q), cov_p + eye)
         else:
             kl = regularized_kl(mean_q, cov_q, torch.zeros_like(mean_q), cov_p, self.gamma, xc.shape[0])
-        return kl.to(x.dtype)
+        kl = kl.to(x.dtype)
+        return (kl, mean_q.numel()) if numbers else kl
 
     def linearized(self, x, mask=None):
-        """The linearized network's logits on inputs x: mean [K, N], covariance J S J^T [K N, K N], class-major."""
+        """The linearized network's logits on inputs x: mean [K, N], covariance J S J^T [K N, K N], class-major.
+
+        Without ``jacobian_grad`` J is taken at the detached means (no graph kept) and the mean
+        comes from a separate pass that keeps its gradient.
+        """
         loc = {n: self.loc[_key(n)] for n in self.names}
         scales = self.scales()
 
@@ -222,10 +239,17 @@ class FSVI(nn.Module):
             out = self.net(xi[None], None if mi is None else mi[None], params)[0]
             return out, out
 
-        # The math kernel of scaled_dot_product_attention has the double backward the KL's gradient needs.
         per_input = vmap(jacrev(logits, has_aux=True), in_dims=(None, 0, None if mask is None else 0))
+        # The math kernel of scaled_dot_product_attention has batching rules for its backward (vmap) and
+        # the double backward jacobian_grad needs; the fused CPU kernel falls back to a loop.
         with sdpa_kernel(SDPBackend.MATH):
-            jac, mean = per_input(loc, x, mask)
+            if self.jacobian_grad:
+                jac, mean = per_input(loc, x, mask)
+            else:
+                with torch.no_grad():
+                    jac, _ = per_input({n: v.detach() for n, v in loc.items()}, x, mask)
+        if not self.jacobian_grad:
+            mean = self.net(x, mask, loc)
         n, k = mean.shape
         v = torch.cat([(jac[name] * scales[name]).reshape(n, k, -1) for name in self.names], -1)
         v = v.transpose(0, 1).reshape(k * n, -1)  # rows (class, input): J S^(1/2)
