@@ -62,7 +62,8 @@ def test_a_grid_names_fit_options_model_options_and_priors():
     assert chosen["options"] == {"steps": 5, "temperature": 0.1} and chosen["model"] == {"dropout": 0.2}
     assert chosen["prior"] == "gaussian:scale=3" and "select" not in chosen and row["options"] == {"steps": 5}
     assert choose([0.5, 0.2, 0.2, float("inf")]) == 1 and choose([float("nan"), float("inf")]) is None
-    assert thin([1, 0.3, 0.1, 0.03, 0.01], 3) == [1, 0.1, 0.01] and thin([1, 2], 3) == [1, 2]  # --quick's grids
+    assert thin([1, 0.3, 0.1, 0.03, 0.01], 3) == [1, 0.1, 0.01] and thin([1, 2], 3) == [1, 2]
+    assert thin([1, 0.3, 0.1, 0.03, 0.01], recipes.QUICK_GRID) == [1, 0.01]  # --quick's grids: the ends
 
 
 def test_selection_fits_on_training_less_validation_scores_on_validation_and_refits(monkeypatch, one_thread):
