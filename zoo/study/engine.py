@@ -62,8 +62,10 @@ class Engine:
         from distributed import Client, LocalCluster
 
         with dask.config.set({"distributed.worker.daemon": False}):  # a cell may start processes (NUTS chains)
+            # No dashboard; the scheduler's HTTP server (health routes) still starts, on a free port too, not 8787.
             self.cluster = LocalCluster(n_workers=self.jobs, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, scheduler_port=0, silence_logs=logging.ERROR)
+                                        dashboard_address=None, scheduler_port=0, silence_logs=logging.ERROR,
+                                        scheduler_kwargs={"dashboard_address": ":0"})
         self.client = Client(self.cluster)
         self.default_threads = max(1, cores() // self.jobs)
 
