@@ -6,6 +6,7 @@ started or reached, then each pending cell's memory estimate is checked against 
 per-worker budget, and only then is anything written: ``study.json``, each cell the
 moment it finishes, and finally the statistics from the cells on disk.
 """
+from .. import recipes
 from .engine import Engine
 from .folder import StudyFolder
 from .footprint import check, estimate
@@ -83,7 +84,7 @@ def work(row, dataset, evaluation):
     shapes = dataset["shapes"]
     tokens = shapes["length"] / (1 if shapes["tokens"] else default_patch(shapes["length"]))
     fits = len(candidates(row)) + 1 if row.get("select") else 1
-    steps = row.get("options", {}).get("steps", 1000) * evaluation["steps_scale"]
+    steps = recipes.fit_options(row.get("guide"), **row.get("options", {}))["steps"] * evaluation["steps_scale"]
     attention = 4 if row.get("bayes") in ("attention", "dirichlet", "bam") else 1
     return attention * tokens * (3 * fits * steps * shapes["n_train"] + evaluation["samples"] * 2 * shapes["n_test"])
 
