@@ -203,7 +203,8 @@ def data(n=12, length=7, seed=0):
 @pytest.mark.parametrize("options,word", [
     ({"gamma": 0}, "gamma"), ({"gamma": -1.0}, "gamma"), ({"context_points": 0}, "context_points"),
     ({"batch_points": -1}, "batch_points"), ({"context": "grid"}, "context"),
-    ({"divergence": "wasserstein"}, "divergence"), ({"jacobian_grad": "yes"}, "jacobian_grad"), ({"prior": "gaussian:scale=1"}, "weight prior"),
+    ({"divergence": "wasserstein"}, "divergence"), ({"jacobian_grad": "yes"}, "jacobian_grad"),
+    ({"prior": "gaussian:scale=1"}, "weight prior"),
     ({"prior": GP()}, "spec string")])
 def test_bad_fsvi_options_are_refused_in_one_line(options, word):
     with pytest.raises(FitError, match=word) as error:

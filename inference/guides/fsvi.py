@@ -157,7 +157,8 @@ class FSVI(nn.Module):
     """
 
     def __init__(self, model, x, y=None, mask=None, prior=None, gamma=GAMMA, context_points=CONTEXT_POINTS,
-                 batch_points=BATCH_POINTS, context="uniform", divergence="regularized", init_scale=1e-2, jacobian_grad=False):
+                 batch_points=BATCH_POINTS, context="uniform", divergence="regularized", init_scale=1e-2,
+                 jacobian_grad=False):
         super().__init__()
         _check_model(model)
         if not (isinstance(gamma, numbers.Real) and not isinstance(gamma, bool) and 0 < gamma < math.inf):
@@ -199,7 +200,7 @@ class FSVI(nn.Module):
         """Draw every weight site from q; with labels (a fit step), also add the function-space KL site."""
         out = {n: pyro.sample(n, self.q(n)) for n in self.names}
         if y is not None:
-            kl, numbers = self.function_kl(x, mask, numbers=True)
+            kl, numbers = self.function_kl(x, mask)
             pyro.sample(KL_SITE, dist.Delta(torch.zeros_like(kl), log_density=kl),
                         infer={"is_auxiliary": True, "numbers": numbers})
         return out
@@ -208,9 +209,9 @@ class FSVI(nn.Module):
         """``model`` with its weight priors replaced by q (see ``WithoutWeightPrior``)."""
         return WithoutWeightPrior(self)(model)
 
-    def function_kl(self, x, mask=None, numbers=False):
-        """D^gamma (or the plain KL) between the linearized q and the GP prior on the batch plus context points;
-        with ``numbers``, also how many function values it compares (logits x points)."""
+    def function_kl(self, x, mask=None):
+        """D^gamma (or the plain KL) between the linearized q and the GP prior on the batch plus context points,
+        and how many function values it compares (logits x points)."""
         xc, mc = context_inputs(x, mask, self.context_points, self.context, self.batch_points)
         mean, cov = self.linearized(xc, mc)
         k = mean.shape[0]
@@ -223,8 +224,7 @@ class FSVI(nn.Module):
             kl = gaussian_kl(mean_q, cov_q + eye, torch.zeros_like(mean_q), cov_p + eye)
         else:
             kl = regularized_kl(mean_q, cov_q, torch.zeros_like(mean_q), cov_p, self.gamma, xc.shape[0])
-        kl = kl.to(x.dtype)
-        return (kl, mean_q.numel()) if numbers else kl
+        return kl.to(x.dtype), mean_q.numel()
 
     def linearized(self, x, mask=None):
         """The linearized network's logits on inputs x: mean [K, N], covariance J S J^T [K N, K N], class-major.
@@ -242,13 +242,12 @@ class FSVI(nn.Module):
         per_input = vmap(jacrev(logits, has_aux=True), in_dims=(None, 0, None if mask is None else 0))
         # The math kernel of scaled_dot_product_attention has batching rules for its backward (vmap) and
         # the double backward jacobian_grad needs; the fused CPU kernel falls back to a loop.
-        with sdpa_kernel(SDPBackend.MATH):
-            if self.jacobian_grad:
+        if self.jacobian_grad:
+            with sdpa_kernel(SDPBackend.MATH):
                 jac, mean = per_input(loc, x, mask)
-            else:
-                with torch.no_grad():
-                    jac, _ = per_input({n: v.detach() for n, v in loc.items()}, x, mask)
-        if not self.jacobian_grad:
+        else:
+            with sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+                jac, _ = per_input({n: v.detach() for n, v in loc.items()}, x, mask)
             mean = self.net(x, mask, loc)
         n, k = mean.shape
         v = torch.cat([(jac[name] * scales[name]).reshape(n, k, -1) for name in self.names], -1)
