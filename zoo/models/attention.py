@@ -47,7 +47,7 @@ class SampledAttention:
         site = Site(name, tuple(logits.shape[-3:]), k.shape[-2], "attention", context={"keys": k, "mask": pairs})
         w = pyro.sample(name, self.priors[name](site),
                         infer={"attention": {"family": self.family, "logits": logits, "mask": pairs}})
-        if self.family == "bam":
+        if self.family == "bam":  # normalized after the product: the division runs on [T, dh], not [T, T]
             w = w if pairs is None else w * pairs
-            w = w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+            return (w @ v) / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
         return w @ v
