@@ -226,14 +226,19 @@ def test_the_critical_difference_diagram_comes_from_aeon_with_its_tests(tmp_path
 
 def test_a_reference_row_gives_each_cell_its_distance_to_the_reference(tmp_path, tiny_rows, monkeypatch):
     monkeypatch.setattr(recipes, "REFERENCE", {
-        "label": "nuts (reference)", "guide": "nuts", "model": {"d_model": 4, "depth": 1, "heads": 1},
-        "options": {"num_chains": 2, "warmup": 5, "num_samples": 5, "steps": 5, "init": "random",
-                    "max_tree_depth": 3}})
-    results, out = run_study(tmp_path / "s", "ItalyPowerDemand", "0", "map,nuts (reference)", reference=True,
+        "label": "reference", "guide": "reference", "model": {"d_model": 4, "depth": 1, "heads": 1},
+        "options": {"num_members": 2, "num_chains": 4, "warmup": 20, "num_samples": 10, "thin": 2, "steps": 5,
+                    "workers": 1}})
+    results, out = run_study(tmp_path / "s", "ItalyPowerDemand", "0", "map,reference", reference=True,
                              num_samples=2, threads=1, progress=False)
-    extra = {c["method"]: c["extra"] for c in results["cells"]}
-    assert extra["nuts (reference)"]["tv"] == 0 and extra["map"]["tv"] > 0
-    assert "tv" in (out.root / "results.md").read_text().split("## Per dataset")[1].splitlines()[4]
+    cells = {c["method"]: c for c in results["cells"]}
+    assert cells["reference"]["extra"]["tv"] == 0 and cells["map"]["extra"]["tv"] > 0
+    text = (out.root / "results.md").read_text()
+    assert "tv" in text.split("## Per dataset")[1].splitlines()[4]
+    # the reference's own convergence comes with it, so its distances can be weighed
+    convergence = cells["reference"]["info"]["convergence"]
+    assert convergence["nrhat_max"] >= 1 and convergence["ess_bulk_min"] > 0 and "convergence" not in cells["map"]["info"]
+    assert f"| ItalyPowerDemand | 0 | reference | {convergence['nrhat_max']:.4g} |" in text.split("## Reference convergence")[1]
 
 
 def test_a_lora_row_is_a_study_cell_on_the_backbone_pretrained_without_its_dataset(tmp_path, tiny_rows, monkeypatch):

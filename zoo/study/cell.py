@@ -119,13 +119,13 @@ def posterior_predict(posterior):
 def select_and_fit(row, dataset, seed, device, evaluation):
     """Choose the row's hyperparameters on validation, refit the winner on all of training.
 
-    Returns ``(predict, fit_seconds, selected, selection)``; ``fit_seconds`` counts every
+    Returns ``(posterior, fit_seconds, selected, selection)``; ``fit_seconds`` counts every
     candidate's fit, its validation prediction and the refit.
     """
     grid = candidates(row)
     if not row.get("select"):
         posterior, seconds = fit_row(row, dataset, dataset.train, seed, device, evaluation["steps_scale"])
-        return posterior_predict(posterior), seconds, {}, None
+        return posterior, seconds, {}, None
     started = time.perf_counter()
     part, val, _ = validation_split(dataset.train, seed, evaluation["validation_fraction"])
     scores = []
@@ -147,7 +147,7 @@ def select_and_fit(row, dataset, seed, device, evaluation):
                                  evaluation["steps_scale"])
     selection = {"metric": "validation nll", "validation_size": len(val), "fit_size": len(part),
                  "fraction": evaluation["validation_fraction"], "candidates": scores, "refit": True}
-    return posterior_predict(posterior), time.perf_counter() - started, grid[best], selection
+    return posterior, time.perf_counter() - started, grid[best], selection
 
 
 def fit_peer(row, dataset, seed, device, evaluation):
@@ -241,8 +241,9 @@ def _run(task):
         predict, fit_seconds, info = fit_peer(row, dataset, seed, device, evaluation)
         selected, selection = {}, None
     else:
-        predict, fit_seconds, selected, selection = select_and_fit(row, dataset, seed, device, evaluation)
-        info = {"trained_parameters": trained_parameters(row, dataset)}
+        posterior, fit_seconds, selected, selection = select_and_fit(row, dataset, seed, device, evaluation)
+        predict = posterior_predict(posterior)
+        info = {"trained_parameters": trained_parameters(row, dataset), **convergence_of(posterior, dataset.test)}
     seed_everything(seed)  # the evaluation's draws do not depend on how many the fit took
     started = time.perf_counter()
     metrics, shift, test_probs = evaluate_cell(predict, task["ref"], seed, evaluation)
@@ -256,6 +257,17 @@ def _run(task):
               "extra": extra}
     arrays = {"test_probs": test_probs.numpy(), "y": dataset.test.y.numpy()}
     return record, arrays
+
+
+def convergence_of(posterior, test):
+    """For a many-chain posterior (the reference: superchains from an ensemble), its function-space
+    convergence on the test inputs (nested R-hat, R-hat, ESS, between-mode share), so a distance to it comes
+    with how far it can be trusted; {} for any other posterior."""
+    if not posterior.info.get("superchains"):
+        return {}
+    from inference.mcmc import function_space
+
+    return {"convergence": function_space(posterior, test.x, test.mask)}
 
 
 def trained_parameters(row, dataset):

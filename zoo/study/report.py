@@ -227,6 +227,16 @@ def markdown(plan, results, metrics, plots):
         if c.get("selection"):
             scores = ", ".join(f"{json_values(e['values'])}: {fmt(e['nll'], 3)}" for e in c["selection"]["candidates"])
             lines.append(f"| {c['dataset']} | {c['seed']} | {c['method']} | {json_values(c['selected'])} | {scores} |")
+    converged = [c for c in results["cells"] if c.get("info", {}).get("convergence")]
+    if converged:
+        lines += ["", "## Reference convergence", "", "Function-space diagnostics of each many-chain cell on its "
+                  "test inputs (docs/reference.md): targets nested R-hat <= 1.05 and bulk ESS >= 200.", "",
+                  "| dataset | seed | method | nested R-hat (max) | R-hat (max) | bulk ESS (min) | between-mode share |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in converged:
+            d = c["info"]["convergence"]
+            lines.append(f"| {c['dataset']} | {c['seed']} | {c['method']} | {fmt(d.get('nrhat_max'))} | "
+                         f"{fmt(d['rhat_max'])} | {fmt(d['ess_bulk_min'])} | {fmt(d.get('between_mode_share'), 2)} |")
     lines += ["", "## Cost per method", "", "Mean over cells, on this machine; a cell's fits are the selection "
               "candidates plus the refit; CPU seconds (all threads of the process) do not grow with the machine's "
               "load as wall seconds do.", "",
