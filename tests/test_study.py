@@ -266,3 +266,13 @@ def test_a_scheduler_address_of_another_transport_is_left_to_dask():
     probe("inproc://192.0.2.2/5354/1")  # a LocalCluster(processes=False): no TCP port to probe
     with pytest.raises(StudyError, match="not an address"):
         probe("tcp://no-port-here")
+
+
+def test_the_longest_first_order_puts_the_reference_cell_first():
+    from zoo.study.run import work
+
+    dataset = {"shapes": {"length": 24, "tokens": False, "n_train": 67, "n_test": 1029}}
+    evaluation = {"steps_scale": 1.0, "samples": 50}
+    costs = {row["label"]: work(row, dataset, evaluation) for row in [*recipes.STUDY, recipes.REFERENCE]}
+    assert max(costs, key=costs.get) == "reference"
+    assert costs["reference"] > 20 * costs["map"]  # measured: about 35 MAP cells on ItalyPowerDemand
