@@ -223,6 +223,20 @@ def test_fit_and_predict_with_attention_guides(guide, bayes):
     assert set(post.sample(4)) == set(model.sites)  # only global weight sites are drawn globally
 
 
+def test_bam_posterior_stays_finite_for_extreme_unmasked_logits():
+    # without a padding mask the guide does not clamp log-softmax: far-off keys get scales near exp(-400)
+    x, mask, _ = padded_batch()
+    model = tiny_model("bam")
+    guide = inference.GUIDES["bam"](model, x, None, mask)
+    logits = (torch.linspace(-400, 0, 7).expand(1, 2, 7, 7)).clone().requires_grad_()
+    q = guide.posterior(site_name(0), {"logits": logits, "mask": None})
+    prior = priors.MaskedGamma(torch.ones(1, 2, 7, 7), torch.ones(1, 2, 7, 7))
+    w = q.rsample()
+    loss = kl_divergence(q, prior).sum() + (w / w.sum(-1, keepdim=True)).pow(2).sum()
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
 def test_attention_guides_refuse_models_without_their_sites():
     x, mask, _ = padded_batch()
     with pytest.raises(inference.FitError, match="no dirichlet attention"):

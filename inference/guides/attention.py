@@ -108,5 +108,7 @@ class BAM(AttentionGuide):
     def posterior(self, name, context):
         k = self.param(name)
         # lam * Gamma(1 + 1/k) is the Weibull mean; log-space keeps tiny softmax weights from underflowing to 0.
-        log_scale = context["logits"].log_softmax(-1).clamp_min(-50) - torch.lgamma(1 + 1 / k)
-        return MaskedWeibull(log_scale, k, context["mask"])
+        log_mean = context["logits"].log_softmax(-1)
+        if context["mask"] is not None:  # masked keys have logits -inf: keep their (unused) scale finite
+            log_mean = log_mean.clamp_min(-50)
+        return MaskedWeibull(log_mean - torch.lgamma(1 + 1 / k), k, context["mask"])
