@@ -106,6 +106,8 @@ def test_a_study_writes_cells_resumes_without_touching_them_and_equals_an_uninte
     assert all(c["selected"]["temperature"] in (1.0, 0.1) and len(c["selection"]["candidates"]) == 2 for c in mf)
     text = (whole / "results.md").read_text()
     assert "| mean_field |" in text and "± " in text and (whole / "reliability-italypowerdemand.png").exists()
+    for cell in results["cells"]:  # every row's fit is checked for degeneracy; a peer has no posterior to check
+        assert ("degeneracy" in cell["info"]) == (cell["method"] != "plain")
 
     # interrupted after two cells, then rerun: the same numbers, and the first two files untouched
     part = tmp_path / "part"
@@ -276,3 +278,15 @@ def test_the_longest_first_order_puts_the_reference_cell_first():
     costs = {row["label"]: work(row, dataset, evaluation) for row in [*recipes.STUDY, recipes.REFERENCE]}
     assert max(costs, key=costs.get) == "reference"
     assert costs["reference"] > 20 * costs["map"]  # measured: about 35 MAP cells on ItalyPowerDemand
+
+
+def test_a_fit_stuck_on_its_starting_plateau_is_reported_as_degenerate(tmp_path, monkeypatch):
+    monkeypatch.setattr(recipes, "STUDY", [{"label": "stuck", "guide": "map", "model": TINY,
+                                            "options": {"steps": 1, "lr": 1e-9}}, ROWS[0]])
+    monkeypatch.setattr(recipes, "STUDY_PEERS", [])
+    results, out = run_study(tmp_path / "s", "ItalyPowerDemand", "0", num_samples=2, threads=1, progress=False)
+    flags = {c["method"]: c["info"]["degeneracy"] for c in results["cells"]}
+    assert flags["stuck"]["degenerate"] and flags["stuck"]["constant_predictive"]
+    table = (out.root / "results.md").read_text().split("## Degenerate fits")[1].split("##")[0]
+    assert "| ItalyPowerDemand | 0 | stuck | True" in table
+    assert ("| map |" in table) == flags["map"]["degenerate"]

@@ -3,7 +3,9 @@
 ``run_cell(task)`` is all a worker runs: it loads the dataset, seeds every generator
 from the cell's seed, sets the torch threads it was given, chooses the row's
 hyperparameters on a validation split (``select.py``), fits the winner on the whole
-training split, and evaluates it once on test (metrics, reliability), on the OOD set
+training split, checks the fit for degeneracy on the training inputs (a constant
+predictive, a posterior on its prior: ``inference.degeneracy``), and evaluates it once
+on test (metrics, reliability), on the OOD set
 (AUROC) and on the shifted test sets (accuracy and NLL), all through
 ``Posterior.predict``'s memory-bounded chunks. It returns plain data (a JSON-ready
 record and the small arrays the statistics need); the caller writes them, so a
@@ -26,7 +28,7 @@ import numpy as np
 import pyro
 import torch
 
-from inference import evaluate, fit
+from inference import degeneracy, evaluate, fit
 from inference.memory import limited
 from inference.metrics import accuracy, mean_probs, nll
 
@@ -243,7 +245,8 @@ def _run(task):
     else:
         posterior, fit_seconds, selected, selection = select_and_fit(row, dataset, seed, device, evaluation)
         predict = posterior_predict(posterior)
-        info = {"trained_parameters": trained_parameters(row, dataset), **convergence_of(posterior, dataset.test)}
+        info = {"trained_parameters": trained_parameters(row, dataset), **convergence_of(posterior, dataset.test),
+                "degeneracy": degeneracy.check(posterior, dataset.train.x, dataset.train.mask).to_dict()}
     seed_everything(seed)  # the evaluation's draws do not depend on how many the fit took
     started = time.perf_counter()
     metrics, shift, test_probs = evaluate_cell(predict, task["ref"], seed, evaluation)

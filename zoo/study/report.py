@@ -227,6 +227,19 @@ def markdown(plan, results, metrics, plots):
         if c.get("selection"):
             scores = ", ".join(f"{json_values(e['values'])}: {fmt(e['nll'], 3)}" for e in c["selection"]["candidates"])
             lines.append(f"| {c['dataset']} | {c['seed']} | {c['method']} | {json_values(c['selected'])} | {scores} |")
+    degenerate = [c for c in results["cells"] if (c.get("info", {}).get("degeneracy") or {}).get("degenerate")]
+    if degenerate:
+        lines += ["", "## Degenerate fits", "", "Cells whose final fit is degenerate on the training inputs "
+                  "(`inference.degeneracy`): a predictive that does not move with the input (a fit that never left "
+                  "its starting plateau, or one collapsed to its prior), or an approximate posterior on its prior. "
+                  "They stay in every table: they are what the recipe gives for that seed.", "",
+                  "| dataset | seed | method | constant predictive (spread) | on its prior (share) | accuracy |",
+                  "|---|---|---|---|---|---|"]
+        for c in degenerate:
+            d = c["info"]["degeneracy"]
+            lines.append(f"| {c['dataset']} | {c['seed']} | {c['method']} | {d['constant_predictive']} "
+                         f"({fmt(d['predictive_spread'], 2)}) | {d['on_prior']} ({fmt(d['share_on_prior'], 2)}) | "
+                         f"{fmt(c['accuracy'], 3)} |")
     converged = [c for c in results["cells"] if c.get("info", {}).get("convergence")]
     if converged:
         lines += ["", "## Reference convergence", "", "Function-space diagnostics of each many-chain cell on its "
