@@ -227,29 +227,22 @@ def markdown(plan, results, metrics, plots):
         if c.get("selection"):
             scores = ", ".join(f"{json_values(e['values'])}: {fmt(e['nll'], 3)}" for e in c["selection"]["candidates"])
             lines.append(f"| {c['dataset']} | {c['seed']} | {c['method']} | {json_values(c['selected'])} | {scores} |")
-    degenerate = [c for c in results["cells"] if (c.get("info", {}).get("degeneracy") or {}).get("degenerate")]
-    if degenerate:
-        lines += ["", "## Degenerate fits", "", "Cells whose final fit is degenerate on the training inputs "
-                  "(`inference.degeneracy`): a predictive that does not move with the input (a fit that never left "
-                  "its starting plateau, or one collapsed to its prior), or an approximate posterior on its prior. "
-                  "They stay in every table: they are what the recipe gives for that seed.", "",
-                  "| dataset | seed | method | constant predictive (spread) | on its prior (share) | accuracy |",
-                  "|---|---|---|---|---|---|"]
-        for c in degenerate:
-            d = c["info"]["degeneracy"]
-            lines.append(f"| {c['dataset']} | {c['seed']} | {c['method']} | {d['constant_predictive']} "
-                         f"({fmt(d['predictive_spread'], 2)}) | {d['on_prior']} ({fmt(d['share_on_prior'], 2)}) | "
-                         f"{fmt(c['accuracy'], 3)} |")
-    converged = [c for c in results["cells"] if c.get("info", {}).get("convergence")]
-    if converged:
-        lines += ["", "## Reference convergence", "", "Function-space diagnostics of each many-chain cell on its "
-                  "test inputs (docs/reference.md): targets nested R-hat <= 1.05 and bulk ESS >= 200.", "",
-                  "| dataset | seed | method | nested R-hat (max) | R-hat (max) | bulk ESS (min) | between-mode share |",
-                  "|---|---|---|---|---|---|---|"]
-        for c in converged:
-            d = c["info"]["convergence"]
-            lines.append(f"| {c['dataset']} | {c['seed']} | {c['method']} | {fmt(d.get('nrhat_max'))} | "
-                         f"{fmt(d['rhat_max'])} | {fmt(d['ess_bulk_min'])} | {fmt(d.get('between_mode_share'), 2)} |")
+    lines += cell_table(
+        [c for c in results["cells"] if (c.get("info", {}).get("degeneracy") or {}).get("degenerate")],
+        "Degenerate fits", "Cells whose final fit is degenerate on the training inputs (`inference.degeneracy`): "
+        "a predictive that does not move with the input (a fit that never left its starting plateau, or one "
+        "collapsed to its prior), or an approximate posterior on its prior. They stay in every table: they are "
+        "what the recipe gives for that seed.",
+        ["constant predictive (spread)", "on its prior (share)", "accuracy"],
+        lambda c, d: [f"{d['constant_predictive']} ({fmt(d['predictive_spread'], 2)})",
+                      f"{d['on_prior']} ({fmt(d['share_on_prior'], 2)})", fmt(c["accuracy"], 3)], "degeneracy")
+    lines += cell_table(
+        [c for c in results["cells"] if c.get("info", {}).get("convergence")],
+        "Reference convergence", "Function-space diagnostics of each many-chain cell on its test inputs "
+        "(docs/reference.md): targets nested R-hat <= 1.05 and bulk ESS >= 200.",
+        ["nested R-hat (max)", "R-hat (max)", "bulk ESS (min)", "between-mode share"],
+        lambda c, d: [fmt(d.get("nrhat_max")), fmt(d["rhat_max"]), fmt(d["ess_bulk_min"]),
+                      fmt(d.get("between_mode_share"), 2)], "convergence")
     lines += ["", "## Cost per method", "", "Mean over cells, on this machine; a cell's fits are the selection "
               "candidates plus the refit; CPU seconds (all threads of the process) do not grow with the machine's "
               "load as wall seconds do.", "",
@@ -266,6 +259,17 @@ def markdown(plan, results, metrics, plots):
         lines += ["", "## Failed cells", ""] + [f"- {f['cell']}: {f['error']}" for f in results["failed"]]
     lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plots) + "."]
     return "\n".join(lines) + "\n"
+
+
+def cell_table(cells, title, intro, columns, values, key):
+    """A section of results.md with one row per cell: dataset, seed, method, then ``values(cell, cell["info"][key])``
+    under ``columns``; nothing when no cell qualifies."""
+    if not cells:
+        return []
+    return ["", f"## {title}", "", intro, "", "| dataset | seed | method | " + " | ".join(columns) + " |",
+            "|---|---|---|" + "---|" * len(columns)] + [
+        f"| {c['dataset']} | {c['seed']} | {c['method']} | " + " | ".join(values(c, c["info"][key])) + " |"
+        for c in cells]
 
 
 def json_values(values):
