@@ -45,11 +45,12 @@ def reinitialized(model, seed):
 
 @register_method("ensemble")
 def fit_ensemble(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1.0, seed=0, progress=True,
-                 num_members=5, batched=None):
+                 num_members=5, batched=None, kl_anneal=0):
     """A deep ensemble: ``num_members`` independent MAP fits, member k from a fresh network seeded ``seed + k``.
 
     Member 0 starts from the model's own initial values with ``seed``, so an
-    ensemble of one is exactly ``fit(model, data, guide="map", seed=seed)``.
+    ensemble of one is exactly ``fit(model, data, guide="map", seed=seed)``. ``kl_anneal``
+    warms each member's prior up over that many steps, as it does for ``guide="map"``.
 
     ``batched=True`` trains the members as one stacked model (their parameters stacked
     on a leading dim that the network carries through, or ``torch.func.vmap`` when each
@@ -69,13 +70,14 @@ def fit_ensemble(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperatu
     if batched:
         starts = [{n: p.detach().clone() for n, p in model.net.named_parameters()}]
         starts += [fresh_values(model, seed + k) for k in range(1, num_members)]
-        draws = fit_members_together(model, data, starts, steps, lr, batch_size, temperature, seed, progress)
+        draws = fit_members_together(model, data, starts, steps, lr, batch_size, temperature, seed, progress,
+                                     kl_anneal)
     else:
         members = []
         for k in range(num_members):
             member = model if k == 0 else reinitialized(model, seed + k)
             posterior = fit(member, data, guide="map", steps=steps, lr=lr, batch_size=batch_size,
-                            temperature=temperature, seed=seed + k, progress=progress)
+                            temperature=temperature, kl_anneal=kl_anneal, seed=seed + k, progress=progress)
             members.append(network_values(member, posterior))
         draws = {n: torch.stack([m[n] for m in members]) for n in members[0]}
     return Posterior(model, "ensemble", draws=draws, info={"num_members": num_members, "seed": seed,
@@ -93,7 +95,7 @@ def unbatchable(model, x, mask):
     return None
 
 
-def fit_members_together(model, data, starts, steps, lr, batch_size, temperature, seed, progress):
+def fit_members_together(model, data, starts, steps, lr, batch_size, temperature, seed, progress, kl_anneal=0):
     """MAP fits of every start at once: the loss of ``fit(guide="map")`` summed over members, one Adam over all.
 
     Member k gets the minibatches of ``fit(..., seed=seed + k)``; each member's loss
@@ -115,8 +117,8 @@ def fit_members_together(model, data, starts, steps, lr, batch_size, temperature
     own = vmap(logits, in_dims=(0, 0, None if mask is None else 0), randomness=randomness)
     streams = [minibatches(n, batch_size, steps, torch.Generator().manual_seed(seed + k)) for k in range(s)]
     net.train()
-    for idx in tqdm(zip(*streams), total=steps, desc=f"fit ensemble of {s} (batched)", disable=not progress,
-                    leave=False):
+    for step, idx in enumerate(tqdm(zip(*streams), total=steps, desc=f"fit ensemble of {s} (batched)", disable=not progress,
+                    leave=False)):
         if idx[0] is None:  # one batch for all: the network's own leading sample dim (SDPA then sees one batch)
             out, yb, scale = net(x, mask, params), y.expand(s, n), 1.0
         else:  # each member its own minibatch: vmap over members
@@ -124,7 +126,8 @@ def fit_members_together(model, data, starts, steps, lr, batch_size, temperature
             out, yb, scale = own(params, x[idx], None if mask is None else mask[idx]), y[idx], n / idx.shape[1]
         loglik = scale * dist.Categorical(logits=out).log_prob(yb).sum()
         logprior = sum(prior.log_prob(params[k]).sum() for k, prior in priors.items())
-        loss = -loglik / temperature - logprior
+        beta = min(1.0, (step + 1) / kl_anneal) if kl_anneal else 1.0  # the prior's warm-up, as in inference.fit
+        loss = -loglik / temperature - beta * logprior
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
@@ -139,7 +142,7 @@ def fit_members_together(model, data, starts, steps, lr, batch_size, temperature
 
 @register_method("mc_dropout")
 def fit_mc_dropout(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1.0, seed=0, progress=True,
-                   num_samples=100):
+                   num_samples=100, kl_anneal=0):
     """MC dropout: a MAP fit with dropout on, predicting with dropout on (``num_samples`` masks).
 
     The model must be built with ``dropout > 0`` for the draws to differ; with
@@ -149,7 +152,7 @@ def fit_mc_dropout(model, data, *, steps=1000, lr=1e-2, batch_size=None, tempera
         raise FitError(f"num_samples must be >= 1, got {num_samples}")
     x, _, mask = data
     posterior = fit(model, data, guide="map", steps=steps, lr=lr, batch_size=batch_size, temperature=temperature,
-                    seed=seed, progress=progress)
+                    kl_anneal=kl_anneal, seed=seed, progress=progress)
     values = network_values(model, posterior)
     # One weight set, repeated: the network then carries a leading sample dim and draws a mask per sample.
     draws = {n: v.expand(num_samples, *v.shape) for n, v in values.items()}

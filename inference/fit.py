@@ -118,6 +118,8 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
             if unknown:
                 valid = [k for k in accepted if k not in ("model", "data")]
                 raise FitError(f"method '{guide}' has no option '{unknown[0]}'; valid: {', '.join(valid)}")
+        given = {"num_particles": num_particles, "kl_anneal": kl_anneal, "clip_norm": clip_norm}
+        options.update({k: v for k, v in given.items() if k in accepted})  # check_fit refused the rest if set
         started = time.perf_counter()
         posterior = fitter(model, (x, y, mask), steps=steps, lr=lr, batch_size=batch_size, temperature=temperature,
                            seed=seed, progress=progress, **options)

@@ -100,8 +100,9 @@ def polish(energy, theta, max_iter):
 
 @register_method("laplace")
 def fit_laplace(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1.0, seed=0, progress=True,
-                subset="auto", max_full=1000, polish_steps=200):
-    """MAP (``steps`` Adam steps at ``lr``), L-BFGS polish, exact Hessian, Gaussian posterior.
+                subset="auto", max_full=1000, polish_steps=200, kl_anneal=0):
+    """MAP (``steps`` Adam steps at ``lr``, the prior warmed up over ``kl_anneal``), L-BFGS polish, exact
+    Hessian, Gaussian posterior.
 
     ``subset``: ``all``, ``last-layer`` (sites named ``head.*``), or ``auto`` (all when
     the global sites hold at most ``max_full`` numbers, else last-layer).
@@ -110,7 +111,7 @@ def fit_laplace(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperatur
         raise FitError(f"unknown laplace subset '{subset}'; valid: {', '.join(SUBSETS)}")
     x, y, mask = data
     map_post = fit(model, data, guide="map", steps=steps, lr=lr, batch_size=batch_size, temperature=temperature,
-                   seed=seed, progress=progress)
+                   kl_anneal=kl_anneal, seed=seed, progress=progress)
     mode = {n: v[0] for n, v in map_post.sample(1).items()}
     size = sum(v.numel() for v in mode.values())
     if subset == "auto":

@@ -108,15 +108,16 @@ def toy_model(bayes="weights", dropout=0.0):
                                  dropout=dropout)
 
 
+@pytest.mark.parametrize("kl_anneal", [0, 5])
 @pytest.mark.parametrize("batch_size", [None, 7])
 @pytest.mark.parametrize("variable", [False, True])
-def test_a_batched_ensemble_trains_the_same_members_as_the_loop(variable, batch_size):
+def test_a_batched_ensemble_trains_the_same_members_as_the_loop(variable, batch_size, kl_anneal):
     ds = tiny(variable)
     run = {}
     for batched in (False, True):
         model = toy_model()
         run[batched] = (model, fit(model, ds.train, guide="ensemble", num_members=3, steps=10, lr=1e-2,
-                                   batch_size=batch_size, batched=batched, progress=False))
+                                   batch_size=batch_size, batched=batched, kl_anneal=kl_anneal, progress=False))
     (loop_model, loop), (batched_model, batched) = run[False], run[True]
     assert batched.info["batched"] and not loop.info["batched"]
     for name, v in loop.draws.items():
