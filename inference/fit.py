@@ -81,7 +81,8 @@ def minibatches(n, batch_size, steps, generator):
 
 def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, num_particles=1,
         kl_anneal=0, temperature=1.0, clip_norm=None, seed=0, device=None, progress=True,
-        guide_options=None, checkpoint=None, checkpoint_every=100, **method_options):
+        guide_options=None, checkpoint=None, checkpoint_every=100, validation=None, check_every=100, patience=3,
+        stop_at=None, **method_options):
     """Fit ``model`` to ``data`` with a guide or method chosen by name, and return a Posterior.
 
     SVI options: ``steps`` of Adam at ``lr`` (cosine-decayed to lr/10), minibatches of
@@ -96,10 +97,18 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
     PATH already holds a checkpoint of this same fit, resumes from it: the resumed
     fit ends bit-identical to an uninterrupted one (same machine). A NonFiniteError
     carries ``.posterior``, the fit as it stood after the last good step.
+
+    Early stopping (SVI guides): with ``validation`` data, the posterior predictive's NLL on
+    it is measured every ``check_every`` steps (``VALIDATION_DRAWS`` draws, on a forked RNG,
+    so the training draws are those of the same fit without it); the fit stops after
+    ``patience`` checks without a new best and returns the best state, its step in
+    ``info["validation"]["best_step"]``. ``stop_at`` ends a fit after that many steps of its
+    ``steps``-long schedule: a refit on more data to the step validation chose.
     """
     check_fit(guide, seed=seed, checkpoint=checkpoint, steps=steps, lr=lr, batch_size=batch_size,
               num_particles=num_particles, kl_anneal=kl_anneal, temperature=temperature, clip_norm=clip_norm,
-              checkpoint_every=checkpoint_every, progress=progress)
+              checkpoint_every=checkpoint_every, progress=progress, check_every=check_every, patience=patience,
+              stop_at=stop_at, early_stopping=validation is not None)
     if device is not None:
         model.to(check_device(device, FitError))
     x, y, mask = unpack(data, model_device(model), model_dtype(model), source="fit data")
@@ -136,19 +145,75 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
             "model": model.config() if hasattr(model, "config") else type(model).__name__,
             "data": [x.shape[0], float(x.double().sum()), float(y.double().sum())]})
 
-    def posterior(losses, seconds):
+    def posterior(losses, seconds, record=None):
+        extra = {"stopped_at": len(losses)} if stop_at is not None or record else {}
         return Posterior(model, name, guide=guide, point=(name == "map"),
                          info={"losses": losses, "steps": steps, "temperature": temperature,
                                "num_particles": num_particles, "guide_options": dict(guide_options or {}),
-                               "seed": seed, "fit_seconds": seconds},
+                               "seed": seed, "fit_seconds": seconds, **extra,
+                               **({"validation": record} if record else {})},
                          x_proto=x[:2], mask_proto=None if mask is None else mask[:2])
+    monitor = None
+    if validation is not None:
+        if getattr(cfg, "num_classes", None) is None:
+            raise FitError("early stopping (validation) scores a classifier's predictive NLL; this model is not a "
+                           "classifier")
+        xv, yv, mv = unpack(validation, model_device(model), model_dtype(model), source="validation data")
+        check_data(xv, yv, mv, num_classes=getattr(cfg, "num_classes", None),
+                   vocab_size=getattr(cfg, "vocab_size", None), source="validation data")
+
+        def monitor():
+            return validation_nll(posterior([], 0.0), xv, yv, mv, seed)
     try:
-        losses, seconds = svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_anneal, temperature,
-                              clip_norm, seed, progress, name, checkpoint)
+        losses, seconds, record = svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_anneal,
+                                      temperature, clip_norm, seed, progress, name, checkpoint,
+                                      Monitor(monitor, check_every, patience) if monitor else None, stop_at)
     except NonFiniteError as e:
         e.posterior = posterior(e.losses, e.seconds)  # the last good state, to inspect or save
         raise
-    return posterior(losses, seconds)
+    return posterior(losses, seconds, record)
+
+
+VALIDATION_DRAWS = 10  # posterior draws per validation check of early stopping
+
+
+def validation_nll(posterior, x, y, mask, seed):
+    """The predictive NLL of the fit as it stands, on a forked RNG so that the fit's own draws do not change."""
+    from .metrics import nll
+
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.no_grad():
+        torch.manual_seed(seed)
+        return nll(posterior.predict(x, VALIDATION_DRAWS, mask), y)
+
+
+class Monitor:
+    """Early stopping's bookkeeping: the validation NLL every ``every`` steps, the best step and state."""
+
+    def __init__(self, score, every, patience):
+        self.score, self.every, self.patience = score, every, patience
+        self.steps, self.nll, self.best, self.state = [], [], None, None
+
+    def due(self, step, steps):
+        return step % self.every == 0 or step == steps
+
+    def check(self, step, params):
+        """Score the fit after ``step`` steps; True when it should stop (``patience`` checks without a new best)."""
+        value = self.score()
+        self.steps.append(step)
+        self.nll.append(value)
+        if self.best is None or value < self.nll[self.best]:
+            self.best = len(self.nll) - 1
+            self.state = {n: p.detach().clone() for n, p in params.items()}
+        return len(self.nll) - 1 - self.best >= self.patience
+
+    def restore(self, params):
+        """Put the best state back; the record for ``info["validation"]``."""
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(self.state[n])
+        return {"steps": self.steps, "nll": self.nll, "best_step": self.steps[self.best],
+                "best_nll": self.nll[self.best], "every": self.every, "patience": self.patience,
+                "draws": VALIDATION_DRAWS}
 
 
 OPTIONS = {  # what each fit option accepts; the command line checks its flags with the same rules
@@ -161,6 +226,9 @@ OPTIONS = {  # what each fit option accepts; the command line checks its flags w
     "clip_norm": number(0, optional=True),
     "checkpoint_every": integer(1),
     "progress": boolean(),
+    "check_every": integer(1),
+    "patience": integer(1),
+    "stop_at": integer(1, optional=True),
 }
 SVI_ONLY = {"num_particles": 1, "kl_anneal": 0, "clip_norm": None}  # SVI options and their no-op values
 
@@ -170,7 +238,7 @@ def check_options(spell=str, **options):
     check(options, OPTIONS, FitError, spell)
 
 
-def check_fit(guide, spell=str, seed=0, checkpoint=None, **options):
+def check_fit(guide, spell=str, seed=0, checkpoint=None, early_stopping=False, **options):
     """Every fit option valid, and none that would have no effect with ``guide`` (the reason named).
 
     ``fit`` calls this first; the command line calls it on its flags (``spell`` names them)
@@ -183,6 +251,15 @@ def check_fit(guide, spell=str, seed=0, checkpoint=None, **options):
     if checkpoint is not None and not (isinstance(guide, str) and guide in GUIDES):
         raise FitError(f"checkpoints (checkpoint, --checkpoint-every) are for the SVI guides ({', '.join(GUIDES)}), "
                        f"not for '{guide}'")
+    svi_guide = isinstance(guide, str) and guide in GUIDES or callable(guide) and not isinstance(guide, str)
+    if (early_stopping or options.get("stop_at") is not None) and not svi_guide:
+        raise FitError(f"early stopping ({spell('validation')}, {spell('stop_at')}) is for the SVI guides "
+                       f"({', '.join(GUIDES)}), not for '{guide}'")
+    if early_stopping and checkpoint is not None:
+        raise FitError(f"early stopping ({spell('validation')}) and checkpoints cannot be combined: a resumed fit "
+                       f"would not know its best state")
+    if options.get("stop_at") is not None and options.get("steps") is not None and options["stop_at"] > options["steps"]:
+        raise FitError(f"{spell('stop_at')}={options['stop_at']} is beyond {spell('steps')}={options['steps']}")
     if isinstance(guide, str) and guide in METHODS:
         accepted = inspect.signature(METHODS[guide]).parameters
         for name, idle in SVI_ONLY.items():
@@ -233,15 +310,16 @@ def diagnose(model, guide, x, y, mask, n, num_particles):
 
 
 def svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_anneal, temperature, clip_norm,
-        seed, progress, name, checkpoint=None):
+        seed, progress, name, checkpoint=None, monitor=None, stop_at=None):
     """Minimize the negative ELBO with Adam; stops with the step and site if anything turns non-finite.
 
-    With a ``Checkpoint`` it starts from the saved state, if any, and saves as it goes.
+    With a ``Checkpoint`` it starts from the saved state, if any, and saves as it goes; with a
+    ``Monitor`` it stops early and ends in the best state. Returns (losses, seconds, validation record).
     """
     params = {n: p for n, p in [*model.named_parameters(), *(("guide." + k, v) for k, v in guide.named_parameters())]
               if p.requires_grad}
     if not params:
-        return [], 0.0
+        return [], 0.0, None
     optim = torch.optim.Adam(params.values(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, max(steps, 1), eta_min=lr / 10)
     n = x.shape[0]
@@ -251,8 +329,8 @@ def svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_annea
 
     def seconds():  # fit time, counting every earlier part of a resumed fit
         return before + time.perf_counter() - started
-    batches = itertools.islice(minibatches(n, batch_size, steps, generator), start, None)  # replays the draws
-    bar = tqdm(batches, initial=start, total=steps, desc=f"fit {name}", disable=not progress, leave=False)
+    batches = itertools.islice(minibatches(n, batch_size, steps, generator), start, stop_at)  # replays the draws
+    bar = tqdm(batches, initial=start, total=stop_at or steps, desc=f"fit {name}", disable=not progress, leave=False)
 
     def stop(message):
         error = NonFiniteError(message)
@@ -294,5 +372,7 @@ def svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_annea
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if checkpoint and checkpoint.due(step + 1, steps):
             checkpoint.save(step + 1, model, guide, optim, schedule, losses, seconds())
+        if monitor and monitor.due(step + 1, steps) and monitor.check(step + 1, params):
+            break
     model.eval()
-    return losses, seconds()
+    return losses, seconds(), monitor.restore(params) if monitor else None
