@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 RUN_MARKERS = ("run.json", "metrics.json", "posterior.pt")
-PACKAGES = ("torch", "pyro-ppl", "arviz", "numpy")
+PACKAGES = ("torch", "pyro-ppl", "arviz", "numpy", "numba")
 LOCK = ".bzoo.lock"
 PROBE = ".bzoo.probe"
 

@@ -19,7 +19,8 @@ from .. import recipes, runs
 from ..runs import to_plain
 from .select import check_row
 
-VERSIONED = ("zoo", "torch", "pyro-ppl")
+VERSIONED = ("zoo", "torch", "pyro-ppl", "numpy", "numba")  # numba: the Gamma kernels; a fit on an edge can flip
+# between environments (docs/results.md), so a cell from other versions is rerun, not reused
 PREDICT_CHUNK = 512 << 20  # bytes per prediction chunk: fixed, so chunking (and the draws) never depend on free memory
 
 
@@ -169,7 +170,7 @@ class Plan:
 
 
 def versions():
-    """The versions a cell's numbers depend on: this library, torch and Pyro."""
+    """The versions a cell's numbers depend on: this library, torch, Pyro, NumPy and numba."""
     return {k: v for k, v in runs.versions().items() if k in VERSIONED}
 
 
