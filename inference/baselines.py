@@ -12,7 +12,7 @@ import pyro.distributions as dist
 import torch
 from tqdm.auto import tqdm
 
-from .fit import FitError, fit, minibatches, register_method
+from .fit import FitError, fit, kl_weight, minibatches, register_method
 from .posterior import Posterior
 from .guides.weight import global_sites
 
@@ -117,8 +117,8 @@ def fit_members_together(model, data, starts, steps, lr, batch_size, temperature
     own = vmap(logits, in_dims=(0, 0, None if mask is None else 0), randomness=randomness)
     streams = [minibatches(n, batch_size, steps, torch.Generator().manual_seed(seed + k)) for k in range(s)]
     net.train()
-    for step, idx in enumerate(tqdm(zip(*streams), total=steps, desc=f"fit ensemble of {s} (batched)", disable=not progress,
-                    leave=False)):
+    bar = tqdm(zip(*streams), total=steps, desc=f"fit ensemble of {s} (batched)", disable=not progress, leave=False)
+    for step, idx in enumerate(bar):
         if idx[0] is None:  # one batch for all: the network's own leading sample dim (SDPA then sees one batch)
             out, yb, scale = net(x, mask, params), y.expand(s, n), 1.0
         else:  # each member its own minibatch: vmap over members
@@ -126,8 +126,7 @@ def fit_members_together(model, data, starts, steps, lr, batch_size, temperature
             out, yb, scale = own(params, x[idx], None if mask is None else mask[idx]), y[idx], n / idx.shape[1]
         loglik = scale * dist.Categorical(logits=out).log_prob(yb).sum()
         logprior = sum(prior.log_prob(params[k]).sum() for k, prior in priors.items())
-        beta = min(1.0, (step + 1) / kl_anneal) if kl_anneal else 1.0  # the prior's warm-up, as in inference.fit
-        loss = -loglik / temperature - beta * logprior
+        loss = -loglik / temperature - kl_weight(step, kl_anneal) * logprior
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()

@@ -79,6 +79,11 @@ def minibatches(n, batch_size, steps, generator):
             done += 1
 
 
+def kl_weight(step, kl_anneal):
+    """The KL's (for ``map``: the prior's) weight at 0-based ``step``, ramped linearly to 1 over ``kl_anneal`` steps."""
+    return min(1.0, (step + 1) / kl_anneal) if kl_anneal else 1.0
+
+
 def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, num_particles=1,
         kl_anneal=0, temperature=1.0, clip_norm=None, seed=0, device=None, progress=True,
         guide_options=None, checkpoint=None, checkpoint_every=100, validation=None, check_every=100, patience=3,
@@ -350,8 +355,7 @@ def svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_annea
                        f"before step {step}") from None
         except FloatingPointError as e:  # the pass found its own numbers unusable (a kernel matrix's Cholesky)
             raise stop(f"{e} at step {step}; parameters are kept from before step {step}") from None
-        beta = min(1.0, (step + 1) / kl_anneal) if kl_anneal else 1.0
-        loss = terms.loss(temperature, beta)
+        loss = terms.loss(temperature, kl_weight(step, kl_anneal))
         if not torch.isfinite(loss):
             raise stop(f"loss is {loss.item()} at step {step}; first non-finite site: "
                        f"'{first_nonfinite_site(terms)}'; parameters are kept from before step {step}")
