@@ -93,6 +93,46 @@ def test_selection_fits_on_training_less_validation_scores_on_validation_and_ref
     assert seconds >= sum(c["fit_seconds"] for c in selection["candidates"])
 
 
+def test_the_sweep_budget_scales_steps_and_warm_ups_thins_grids_and_leaves_the_recipes_alone():
+    plan = make_plan("ItalyPowerDemand", "0", "map,mean_field,mc_dropout", sweep=True)
+    full = make_plan("ItalyPowerDemand", "0", "map,mean_field,mc_dropout")
+    assert plan.profile == "sweep" and full.profile == "full" and plan.fingerprint() != full.fingerprint()
+    assert {k: plan.evaluation[k] for k in recipes.SWEEP} == recipes.SWEEP
+    rows = {r["label"]: r for r in plan.rows}
+    assert rows["mean_field"]["select"]["temperature"] == [1.0, 0.1, 0.01]
+    assert rows["mc_dropout"]["select"] == {k: thin(v, recipes.SWEEP_GRID) for k, v in
+                                            next(r for r in full.rows if r["label"] == "mc_dropout")["select"].items()}
+    assert rows["map"]["options"] == recipes.MAP_TRAINING  # the budget acts at fit time, the row is the recipe's
+    options = cell_module.scaled(rows["map"]["options"], plan.evaluation["steps_scale"])
+    s = recipes.SWEEP["steps_scale"]
+    assert options == {**recipes.MAP_TRAINING, "steps": int(recipes.MAP_TRAINING["steps"] * s),
+                       "kl_anneal": int(recipes.MAP_TRAINING["kl_anneal"] * s)}  # the warm-up keeps its share
+    assert cell_module.scaled({"lr": 0.1, "kl_anneal": 0}, 0.1) == {"lr": 0.1, "kl_anneal": 0}
+
+
+@pytest.mark.parametrize("name, batch", [("ItalyPowerDemand", None), ("OSULeaf", 67), ("digits", 512)])
+def test_a_fit_step_sees_at_most_the_token_budget(name, batch):
+    """Full batch where training fits in ``step_tokens``; else as many series as fit (OSULeaf: 427 steps in
+    patches of 7 -> 61 tokens, 4096 // 61 = 67 series)."""
+    shapes = load_shapes(name)
+    row = {"label": "map", "guide": "map", "model": recipes.MODEL}
+    got = cell_module.step_batch(shapes, row, shapes["n_train"], recipes.EVALUATION)
+    assert got == batch
+    if batch is not None:
+        tokens = -(-shapes["length"] // cell_module.model_options(shapes, row)["patch"])
+        assert batch * tokens <= recipes.EVALUATION["step_tokens"] < (batch + 1) * tokens
+    assert cell_module.step_batch(shapes, row, shapes["n_train"], {**recipes.EVALUATION, "step_tokens": None}) is None
+    options = cell_module.fit_options({**row, "options": {"steps": 3, "batch_size": 5}}, shapes, shapes["n_train"],
+                                      {**recipes.EVALUATION, "steps_scale": 1.0})
+    assert options["batch_size"] == 5  # a row's own batch size wins
+
+
+def load_shapes(name):
+    from zoo.study.plan import shapes_of
+
+    return shapes_of(load(name))
+
+
 def test_a_study_writes_cells_resumes_without_touching_them_and_equals_an_uninterrupted_run(tmp_path, tiny_rows,
                                                                                           monkeypatch):
     whole = tmp_path / "whole"
@@ -144,6 +184,7 @@ def test_bad_input_is_one_line_before_any_cell_and_loses_nothing(tmp_path, tiny_
         (["--methods", "map,bogus"], ["unknown method 'bogus'"]),
         (["--datasets", " , "], ["--datasets is empty"]),
         (["--seeds", "1,0,1"], ["--seeds lists", "twice"]),
+        (["--quick", "--sweep"], ["--quick and --sweep", "give one"]),
         (["--jobs", 0], ["--jobs must be", "0"]),
         (["--scheduler", "tcp://127.0.0.1:1"], ["--scheduler tcp://127.0.0.1:1", "nothing answered"]),
         (["--out", a_file], ["is a file"]),

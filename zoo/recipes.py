@@ -118,9 +118,19 @@ STUDY_PEERS = [
 # averaged over the 12 sets); the validation split's fraction of training (stratified, at least one
 # series per class in both parts where a class has two). `--quick` cuts steps and draws, and keeps at
 # most QUICK_GRID values of each selection list (its two ends: a quick sweep still selects, at 3 fits a row, not 4).
-EVALUATION = {"samples": 50, "shift_samples": 20, "shift_inputs": 256, "validation_fraction": 0.2, "bins": 15}
+# A fit step sees at most `step_tokens` tokens (series x tokens per series): on the larger sets (digits, OSULeaf,
+# JapaneseVowels, Covid3Month_disc, ACSF1) the rows train on seeded minibatches, so a step costs at most about 2.5
+# ItalyPowerDemand full-batch steps; the smaller sets stay full batch.
+EVALUATION = {"samples": 50, "shift_samples": 20, "shift_inputs": 256, "validation_fraction": 0.2, "bins": 15,
+              "step_tokens": 4096}
 QUICK = {"steps_scale": 0.1, "samples": 10, "shift_samples": 5, "shift_inputs": 128}
 QUICK_GRID = 2
+# `--sweep`: the budget of the full sweep (every shipped dataset x 3 seeds x every row and peer), which at the
+# recipes' steps costs tens of hours on 2 cores. Fewer steps (warm-ups shortened alike), fewer draws, and at most
+# SWEEP_GRID values of each selection list (its ends and middle). docs/results.md compares its cells with
+# full-recipe cells of the same datasets and seeds.
+SWEEP = {"steps_scale": 0.25, "samples": 25, "shift_samples": 10, "shift_inputs": 128}
+SWEEP_GRID = 3
 # The gold-standard reference row (`bzoo study --reference`): many MCLMC chains started from a deep
 # ensemble (guide="reference") on a 602-weight, one-block transformer, in 2 processes; the NUTS
 # settings serve sampler="nuts" and `bzoo bench nuts` (docs/reference.md has how both were chosen;

@@ -19,6 +19,7 @@ numbers are stored under the cell's ``extra`` and summarized like every metric.
 """
 import functools
 import inspect
+import math
 import os
 import socket
 import time
@@ -93,13 +94,34 @@ def make_model(row, shapes):
 
 
 def scaled(options, steps_scale):
+    """Fit options with ``steps`` (and a warm-up's ``kl_anneal``, so it keeps its share of the fit) scaled."""
     options = dict(options)
-    if "steps" in options:
-        options["steps"] = max(1, int(options["steps"] * steps_scale))
+    for key in ("steps", "kl_anneal"):
+        if options.get(key):
+            options[key] = max(1, int(options[key] * steps_scale))
     return options
 
 
-def fit_row(row, dataset, train, seed, device, steps_scale):
+def step_batch(shapes, row, n, evaluation):
+    """Series per fit step: None (full batch) unless ``n`` series exceed ``evaluation["step_tokens"]`` tokens, then
+    as many as fit in it (at least one). An adapter row counts one token per step (its backbone's patch is larger)."""
+    budget = evaluation.get("step_tokens")
+    if not budget:
+        return None
+    patch = 1 if row.get("adapter") else model_options(shapes, row)["patch"]
+    batch = max(1, budget // math.ceil(shapes["length"] / patch))
+    return None if batch >= n else batch
+
+
+def fit_options(row, shapes, n, evaluation):
+    """The row's fit options as a study cell runs them: steps scaled, minibatches within the token budget."""
+    options = scaled(row.get("options", {}), evaluation["steps_scale"])
+    if "batch_size" not in options:
+        options["batch_size"] = step_batch(shapes, row, n, evaluation)
+    return options
+
+
+def fit_row(row, dataset, train, seed, device, evaluation):
     """``(posterior, seconds)``: the row's model built from ``seed`` and fitted on ``train``."""
     seed_everything(seed)
     if row.get("adapter"):  # the backbone pretrained without this dataset, cached across cells and seeds
@@ -110,7 +132,7 @@ def fit_row(row, dataset, train, seed, device, steps_scale):
         model = make_model(row, shapes_of(dataset))
     started = time.perf_counter()
     posterior = fit(model, train, guide=row["guide"], seed=seed, device=device, progress=False,
-                    **scaled(row.get("options", {}), steps_scale))
+                    **fit_options(row, shapes_of(dataset), len(train), evaluation))
     return posterior, time.perf_counter() - started
 
 
@@ -126,7 +148,7 @@ def select_and_fit(row, dataset, seed, device, evaluation):
     """
     grid = candidates(row)
     if not row.get("select"):
-        posterior, seconds = fit_row(row, dataset, dataset.train, seed, device, evaluation["steps_scale"])
+        posterior, seconds = fit_row(row, dataset, dataset.train, seed, device, evaluation)
         return posterior, seconds, {}, None
     started = time.perf_counter()
     part, val, _ = validation_split(dataset.train, seed, evaluation["validation_fraction"])
@@ -135,7 +157,7 @@ def select_and_fit(row, dataset, seed, device, evaluation):
         entry = {"values": values}
         try:
             posterior, entry["fit_seconds"] = fit_row(with_values(row, values), dataset, part, seed, device,
-                                                      evaluation["steps_scale"])
+                                                      evaluation)
             seed_everything(seed)
             probs = posterior.predict(val.x, evaluation["samples"], val.mask)
             entry.update(nll=nll(probs, val.y.to(probs.device)), accuracy=accuracy(probs, val.y.to(probs.device)))
@@ -145,8 +167,7 @@ def select_and_fit(row, dataset, seed, device, evaluation):
     best = choose([c["nll"] for c in scores])
     if best is None:
         raise ValueError(f"every candidate of row '{row['label']}' failed; first: {scores[0].get('error')}")
-    posterior, seconds = fit_row(with_values(row, grid[best]), dataset, dataset.train, seed, device,
-                                 evaluation["steps_scale"])
+    posterior, seconds = fit_row(with_values(row, grid[best]), dataset, dataset.train, seed, device, evaluation)
     selection = {"metric": "validation nll", "validation_size": len(val), "fit_size": len(part),
                  "fraction": evaluation["validation_fraction"], "candidates": scores, "refit": True}
     return posterior, time.perf_counter() - started, grid[best], selection
@@ -155,8 +176,10 @@ def select_and_fit(row, dataset, seed, device, evaluation):
 def fit_peer(row, dataset, seed, device, evaluation):
     """A peer fitted on all of training: ``(predict, fit_seconds, info)``, its steps scaled and draws as the study's."""
     fitter = PEERS[row["peer"]]
-    options = scaled(row.get("options", {}), evaluation["steps_scale"])
-    if "num_samples" in inspect.signature(fitter).parameters:
+    accepted = inspect.signature(fitter).parameters
+    options = fit_options(row, shapes_of(dataset), len(dataset.train), evaluation)
+    options = {k: v for k, v in options.items() if k in accepted and (k != "batch_size" or v is not None)}
+    if "num_samples" in accepted:
         options.setdefault("num_samples", evaluation["samples"])
     seed_everything(seed)
     peer = fitter(dataset, model_options(shapes_of(dataset), row), seed, device, **options)

@@ -166,7 +166,7 @@ class PackedMask(nn.Module):
         return self.net(x, packed[..., -1] > 0)
 
 
-def fit_laplace(dataset, model_options, seed, device="cpu", steps=None, lr=None, batch_size=None,
+def fit_laplace(dataset, model_options, seed, device="cpu", steps=None, lr=None, batch_size=None, kl_anneal=None,
                 num_samples=recipes.NUM_SAMPLES):
     """laplace-torch's last-layer Laplace (KFAC, prior precision by marginal likelihood) on the zoo's MAP network.
 
@@ -182,7 +182,7 @@ def fit_laplace(dataset, model_options, seed, device="cpu", steps=None, lr=None,
 
     from ..models import TransformerClassifier
 
-    options = recipes.fit_options("map", steps=steps, lr=lr, batch_size=batch_size)
+    options = recipes.fit_options("map", steps=steps, lr=lr, batch_size=batch_size, kl_anneal=kl_anneal)
     torch.manual_seed(seed)
     net_options = network_options(dataset, model_options)
     model = TransformerClassifier(dataset.num_classes, **net_options, bayes="weights", prior=recipes.PRIOR)

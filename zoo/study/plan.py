@@ -144,7 +144,7 @@ class Plan:
     seeds: list
     rows: list  # resolved rows and peers
     evaluation: dict
-    quick: bool
+    profile: str  # "full" (the recipes), "sweep" (recipes.SWEEP) or "quick" (recipes.QUICK)
     device: str = "cpu"
     versions: dict = field(default_factory=dict)
 
@@ -154,7 +154,7 @@ class Plan:
                          "data": {d["id"]: d["fingerprint"] for d in self.datasets},
                          "seeds": self.seeds, "methods": [r["label"] for r in self.rows],
                          "rows": {r["label"]: r for r in self.rows}, "evaluation": self.evaluation,
-                         "quick": self.quick, "device": self.device, "versions": self.versions})
+                         "profile": self.profile, "device": self.device, "versions": self.versions})
 
     def fingerprint(self):
         return digest(self.config())
@@ -174,12 +174,20 @@ def versions():
     return {k: v for k, v in runs.versions().items() if k in VERSIONED}
 
 
+PROFILES = {"full": ({}, None), "sweep": (recipes.SWEEP, recipes.SWEEP_GRID), "quick": (recipes.QUICK, recipes.QUICK_GRID)}
+
+
 def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, reference=False, steps_scale=None,
-              num_samples=None, device="cpu", chunk=PREDICT_CHUNK):
+              num_samples=None, device="cpu", chunk=PREDICT_CHUNK, sweep=False):
     """Check every list and option and build the Plan; any problem is a one-line StudyError naming it.
 
-    Names, seeds, methods and options are checked before any dataset is loaded.
+    Names, seeds, methods and options are checked before any dataset is loaded. ``quick`` and
+    ``sweep`` are budgets (``recipes.QUICK``, ``recipes.SWEEP``): fewer steps and draws, thinner grids.
     """
+    if quick and sweep:
+        raise StudyError("--quick and --sweep are two budgets; give one")
+    profile = "quick" if quick else "sweep" if sweep else "full"
+    budget, grid = PROFILES[profile]
     names = dataset_names(datasets)
     seeds = parse_seeds(seeds if seeds is not None else "0")
     offered = methods_offered(reference)
@@ -197,16 +205,15 @@ def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, 
         rows = [resolve_row(r) for r in rows]
     except ValueError as e:
         raise StudyError(str(e)) from None
-    if quick:
-        rows = [{**r, "select": {k: thin(v, recipes.QUICK_GRID) for k, v in r["select"].items()}}
-                if r.get("select") else r for r in rows]
+    if grid is not None:
+        rows = [{**r, "select": {k: thin(v, grid) for k, v in r["select"].items()}} if r.get("select") else r
+                for r in rows]
     slugs = [slug(r["label"]) for r in rows]
     for r, s in zip(rows, slugs):
         if slugs.count(s) > 1:
             raise StudyError(f"two methods share the file name '{s}' (one is '{r['label']}'); rename a row")
     evaluation = {**recipes.EVALUATION, "steps_scale": 1.0, "predict_chunk": int(chunk)}
-    if quick:
-        evaluation.update(recipes.QUICK)
+    evaluation.update(budget)
     if steps_scale is not None:
         if not steps_scale > 0:
             raise StudyError(f"--steps-scale must be positive, got {steps_scale}")
@@ -220,11 +227,12 @@ def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, 
     for i in ids:
         if ids.count(i) > 1:
             raise StudyError(f"--datasets names dataset '{i}' twice")
-    return Plan(entries, seeds, rows, evaluation, bool(quick), str(torch.device(device)), versions())
+    return Plan(entries, seeds, rows, evaluation, profile, str(torch.device(device)), versions())
 
 
 def thin(values, most):
-    """At most ``most`` of a grid's values, spread over it, the ends kept: [1, .3, .1, .03, .01] -> [1, .1, .01]."""
+    """At most ``most`` of a grid's values, spread over it, the ends kept: [1, .3, .1, .03, .01] -> [1, .1, .01]
+    (``most=3``), [1, .01] (``most=2``)."""
     values = list(values)
     if len(values) <= most:
         return values

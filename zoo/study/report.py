@@ -74,7 +74,7 @@ def write(plan, folder, cells):
     ok = [c for c in cells if c.get("status") == "ok"]
     peak = max(ok, key=lambda c: c["memory"]["peak_rss"], default=None)
     results = {"study": {"fingerprint": plan.fingerprint(), "datasets": datasets, "seeds": plan.seeds,
-                         "methods": methods, "quick": plan.quick, "evaluation": plan.evaluation,
+                         "methods": methods, "profile": plan.profile, "evaluation": plan.evaluation,
                          "versions": plan.versions},
                "cells": cells, "summary": summary, "across_datasets": across, "cost": cost,
                "peak_memory": None if peak is None else {"peak_rss": peak["memory"]["peak_rss"],
@@ -169,7 +169,7 @@ def markdown(plan, results, metrics, plots):
     ev = plan.evaluation
     n_cells = len(results["cells"])
     lines = [f"# Study: {len(plan.datasets)} dataset(s) x {len(plan.seeds)} seed(s) x {len(plan.rows)} method(s) "
-             f"= {n_cells} cells" + (" (quick)" if plan.quick else ""), "",
+             f"= {n_cells} cells" + ("" if plan.profile == "full" else f" ({plan.profile})"), "",
              f"Datasets: {', '.join(results['study']['datasets'])}. Seeds: {', '.join(map(str, plan.seeds))}. "
              f"Steps x{ev['steps_scale']:g}; test and OOD metrics from {ev['samples']} posterior draws; shift "
              f"metrics from {ev['shift_samples']} draws on at most {ev['shift_inputs']} test series, averaged over "

@@ -16,17 +16,17 @@ from .plan import PREDICT_CHUNK, StudyError, make_plan
 def default_out(plan):
     names = [d["id"] for d in plan.datasets]
     what = names[0] if len(names) == 1 else f"{len(names)}-datasets"
-    return f"runs/study-{what}-{'-'.join(map(str, plan.seeds))}" + ("-quick" if plan.quick else "")
+    return f"runs/study-{what}-{'-'.join(map(str, plan.seeds))}" + ("" if plan.profile == "full" else f"-{plan.profile}")
 
 
-def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False, peers=True, reference=False,
-              steps_scale=None, num_samples=None, jobs=None, scheduler=None, memory_budget=None, overwrite=False,
-              device="cpu", threads=None, progress=True):
+def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False, sweep=False, peers=True,
+              reference=False, steps_scale=None, num_samples=None, jobs=None, scheduler=None, memory_budget=None,
+              overwrite=False, device="cpu", threads=None, progress=True):
     """Run (or resume) a study into folder ``out``; returns the results dict (also in ``out/results.json``).
 
     ``datasets``, ``seeds``, ``methods``: comma-separated strings or lists (``datasets="all"``
     for every shipped dataset; methods are row and peer labels, default all). ``quick``
-    cuts steps and draws (``recipes.QUICK``). ``jobs`` runs cells on a local Dask cluster of
+    and ``sweep`` cut steps, draws and selection grids (``recipes.QUICK``, ``recipes.SWEEP``). ``jobs`` runs cells on a local Dask cluster of
     that many processes, ``scheduler`` on an existing one; neither runs them here.
     ``memory_budget`` (bytes or "4G") is what one cell may use; by default half of the
     available memory shared among the concurrent cells. ``threads``: torch threads per cell (default: the
@@ -41,7 +41,7 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
                                                  else int(memory_budget))
     chunk = PREDICT_CHUNK if budget is None else min(PREDICT_CHUNK, budget // 2)
     plan = make_plan(datasets, seeds, methods, quick=quick, peers=peers, reference=reference,
-                     steps_scale=steps_scale, num_samples=num_samples, device=device, chunk=chunk)
+                     steps_scale=steps_scale, num_samples=num_samples, device=device, chunk=chunk, sweep=sweep)
     folder = StudyFolder.check(out or default_out(plan), plan.config(), plan.fingerprint(), overwrite)
     with engine:
         budget = budget or engine.default_budget()
@@ -80,10 +80,11 @@ CHAINS_PER_STEP = 8  # a reference cell's chains run as one vectorized pass of a
 
 
 def work(row, dataset, evaluation):
-    """A rough cost of a cell for ordering: fits x steps x series x tokens (x4 for sampled attention), plus
+    """A rough cost of a cell for ordering: fits x steps x series a step sees x tokens (x4 for sampled attention), plus
     prediction draws x test series x tokens. A reference cell counts its ensemble's MAP steps and its chains'
     steps (``CHAINS_PER_STEP`` chains as one MAP step), so the costliest cells start first."""
     from ..models import default_patch
+    from .cell import step_batch
     from .select import candidates
 
     shapes = dataset["shapes"]
@@ -96,7 +97,8 @@ def work(row, dataset, evaluation):
         steps = options.get("num_members", 1) * steps + chain_steps * options.get("num_chains", 1) / CHAINS_PER_STEP
     steps *= evaluation["steps_scale"]
     attention = 4 if row.get("bayes") in ("attention", "dirichlet", "bam") else 1
-    return attention * tokens * (3 * fits * steps * shapes["n_train"] + evaluation["samples"] * 2 * shapes["n_test"])
+    per_step = step_batch(shapes, row, shapes["n_train"], evaluation) or shapes["n_train"]
+    return attention * tokens * (3 * fits * steps * per_step + evaluation["samples"] * 2 * shapes["n_test"])
 
 
 def cell_estimate(row, dataset, evaluation):
