@@ -18,9 +18,10 @@ def add_arguments(parser):
                         help=f"a fast sweep: steps x{recipes.QUICK['steps_scale']}, {recipes.QUICK['samples']} draws "
                              "(docs/study.md)")
     parser.add_argument("--sweep", action="store_true",
-                        help=f"the full sweep's budget: steps x{recipes.SWEEP['steps_scale']}, {recipes.SWEEP['samples']} "
-                             f"draws, at most {recipes.SWEEP_GRID} values per selection grid (docs/study.md)")
-    parser.add_argument("--steps-scale", type=float, help="multiply every row's optimizer steps (default 1, or --quick's; this flag overrides both)")
+                        help=f"the full sweep's budget: steps x{recipes.SWEEP['steps_scale']}, "
+                             f"{recipes.SWEEP['samples']} draws, at most {recipes.SWEEP_GRID} values per selection "
+                             "grid (docs/study.md)")
+    parser.add_argument("--steps-scale", type=float, help="multiply every row's optimizer steps (default 1, or --quick's or --sweep's; this flag overrides them)")
     parser.add_argument("--num-samples", type=int,
                         help=f"predictive draws on test and OOD (default {recipes.EVALUATION['samples']})")
     parser.add_argument("--jobs", type=int, help="run cells on a local Dask cluster of N worker processes (default: cells run here, one by one)")
@@ -40,7 +41,8 @@ def run(args):
 
     check_device(args.device)
     results, folder = run_study(args.out, args.datasets, args.seeds, args.methods, quick=args.quick,
-                                sweep=args.sweep, peers=not args.no_peers, reference=args.reference, steps_scale=args.steps_scale,
+                                sweep=args.sweep, peers=not args.no_peers, reference=args.reference,
+                                steps_scale=args.steps_scale,
                                 num_samples=args.num_samples, jobs=args.jobs, scheduler=args.scheduler,
                                 memory_budget=args.memory_budget, overwrite=args.overwrite, device=args.device,
                                 threads=args.threads, progress=not args.no_progress)

@@ -116,23 +116,25 @@ def step_batch(shapes, row, n, evaluation):
 def fit_options(row, shapes, n, evaluation):
     """The row's fit options as a study cell runs them: steps scaled, minibatches within the token budget."""
     options = scaled(row.get("options", {}), evaluation["steps_scale"])
-    if "batch_size" not in options:
-        options["batch_size"] = step_batch(shapes, row, n, evaluation)
+    batch = step_batch(shapes, row, n, evaluation)
+    if batch is not None:
+        options.setdefault("batch_size", batch)
     return options
 
 
 def fit_row(row, dataset, train, seed, device, evaluation):
     """``(posterior, seconds)``: the row's model built from ``seed`` and fitted on ``train``."""
     seed_everything(seed)
+    shapes = shapes_of(dataset)
     if row.get("adapter"):  # the backbone pretrained without this dataset, cached across cells and seeds
         from ..pretrain import adapter_model
 
         model = adapter_model(row, dataset, progress=False)
     else:
-        model = make_model(row, shapes_of(dataset))
+        model = make_model(row, shapes)
     started = time.perf_counter()
     posterior = fit(model, train, guide=row["guide"], seed=seed, device=device, progress=False,
-                    **fit_options(row, shapes_of(dataset), len(train), evaluation))
+                    **fit_options(row, shapes, len(train), evaluation))
     return posterior, time.perf_counter() - started
 
 
@@ -177,12 +179,12 @@ def fit_peer(row, dataset, seed, device, evaluation):
     """A peer fitted on all of training: ``(predict, fit_seconds, info)``, its steps scaled and draws as the study's."""
     fitter = PEERS[row["peer"]]
     accepted = inspect.signature(fitter).parameters
-    options = fit_options(row, shapes_of(dataset), len(dataset.train), evaluation)
-    options = {k: v for k, v in options.items() if k in accepted and (k != "batch_size" or v is not None)}
+    shapes = shapes_of(dataset)
+    options = {k: v for k, v in fit_options(row, shapes, len(dataset.train), evaluation).items() if k in accepted}
     if "num_samples" in accepted:
         options.setdefault("num_samples", evaluation["samples"])
     seed_everything(seed)
-    peer = fitter(dataset, model_options(shapes_of(dataset), row), seed, device, **options)
+    peer = fitter(dataset, model_options(shapes, row), seed, device, **options)
     return (lambda x, mask, s: peer.predict(x, mask)), peer.fit_seconds, to_json_info(peer.info)
 
 

@@ -174,7 +174,8 @@ def versions():
     return {k: v for k, v in runs.versions().items() if k in VERSIONED}
 
 
-PROFILES = {"full": ({}, None), "sweep": (recipes.SWEEP, recipes.SWEEP_GRID), "quick": (recipes.QUICK, recipes.QUICK_GRID)}
+PROFILES = {"full": ({}, None), "sweep": (recipes.SWEEP, recipes.SWEEP_GRID),
+            "quick": (recipes.QUICK, recipes.QUICK_GRID)}  # a budget's evaluation settings and grid size
 
 
 def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, reference=False, steps_scale=None,

@@ -16,7 +16,8 @@ from .plan import PREDICT_CHUNK, StudyError, make_plan
 def default_out(plan):
     names = [d["id"] for d in plan.datasets]
     what = names[0] if len(names) == 1 else f"{len(names)}-datasets"
-    return f"runs/study-{what}-{'-'.join(map(str, plan.seeds))}" + ("" if plan.profile == "full" else f"-{plan.profile}")
+    budget = "" if plan.profile == "full" else f"-{plan.profile}"
+    return f"runs/study-{what}-{'-'.join(map(str, plan.seeds))}{budget}"
 
 
 def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False, sweep=False, peers=True,
@@ -26,9 +27,9 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
 
     ``datasets``, ``seeds``, ``methods``: comma-separated strings or lists (``datasets="all"``
     for every shipped dataset; methods are row and peer labels, default all). ``quick``
-    and ``sweep`` cut steps, draws and selection grids (``recipes.QUICK``, ``recipes.SWEEP``). ``jobs`` runs cells on a local Dask cluster of
-    that many processes, ``scheduler`` on an existing one; neither runs them here.
-    ``memory_budget`` (bytes or "4G") is what one cell may use; by default half of the
+    and ``sweep`` cut steps, draws and selection grids (``recipes.QUICK``, ``recipes.SWEEP``).
+    ``jobs`` runs cells on a local Dask cluster of that many processes, ``scheduler`` on an existing one;
+    neither runs them here. ``memory_budget`` (bytes or "4G") is what one cell may use; by default half of the
     available memory shared among the concurrent cells. ``threads``: torch threads per cell (default: the
     cores, shared among the workers on each machine).
     """
