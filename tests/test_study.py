@@ -216,6 +216,29 @@ def test_overwrite_keeps_shared_cells_and_deletes_nothing(tmp_path, tiny_rows):
     assert json.loads((out / "study.json").read_text())["config"]["seeds"] == [0, 1]
 
 
+def test_report_only_reports_the_finished_cells_lists_the_rest_and_runs_nothing(tmp_path, tiny_rows, capsys):
+    out = tmp_path / "study"
+    run_study(out, "ItalyPowerDemand", "0", "map", num_samples=2, threads=1, progress=False)
+    kept = {p: p.read_bytes() for p in [*(out / "cells").rglob("*"), out / "study.json"] if p.is_file()}
+    results, _ = run_study(out, "ItalyPowerDemand", "0,1", "map,plain", num_samples=2, threads=1, progress=False,
+                           report_only=True)
+    assert [(c["seed"], c["method"]) for c in results["cells"]] == [(0, "map")]
+    assert sorted(results["missing"]) == [f"(ItalyPowerDemand, seed {s}, {m})" for s, m in
+                                          [(0, "plain"), (1, "map"), (1, "plain")]]
+    text = (out / "results.md").read_text()
+    assert "Partial report: 1 of 4 cells finished" in text and "- (ItalyPowerDemand, seed 1, plain)" in text
+    assert {p: p.read_bytes() for p in [*(out / "cells").rglob("*"), out / "study.json"] if p.is_file()} == kept
+
+    common = ["--methods", "map", "--num-samples", 2, "--report-only"]
+    for argv, words in [(["--out", tmp_path / "none"], ["holds no study"]),
+                        (["--seeds", 7, "--out", out], ["no finished cell"]),
+                        (["--jobs", 2, "--out", out], ["--report-only runs no cell"])]:
+        assert bzoo("study", *common, *argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and all(w in err for w in words), (argv, err)
+    assert not (tmp_path / "none").exists()
+
+
 def test_a_cell_over_the_memory_budget_is_refused_before_anything_is_written(tmp_path, tiny_rows):
     with pytest.raises(ValueError, match=r"cell \(ItalyPowerDemand, seed 0, map\) needs about .* budget of 1\.0 MiB"):
         run_study(tmp_path / "s", "ItalyPowerDemand", "0", "map", memory_budget="1M", progress=False)

@@ -32,6 +32,8 @@ def add_arguments(parser):
     parser.add_argument("--out", metavar="DIR", help="study folder (default runs/study-DATASET-SEEDS); rerun to resume")
     parser.add_argument("--overwrite", action="store_true",
                         help="accept a study folder of another configuration (shared cells kept, nothing deleted)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: report the finished cells of this study in --out, list the missing ones")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -45,7 +47,8 @@ def run(args):
                                 steps_scale=args.steps_scale,
                                 num_samples=args.num_samples, jobs=args.jobs, scheduler=args.scheduler,
                                 memory_budget=args.memory_budget, overwrite=args.overwrite, device=args.device,
-                                threads=args.threads, progress=not args.no_progress)
+                                threads=args.threads, progress=not args.no_progress,
+                                report_only=args.report_only)
     summary = results["summary"]
     width = max([len(m) for m in results["study"]["methods"]] + [6])
     for dataset in results["study"]["datasets"]:
@@ -57,5 +60,7 @@ def run(args):
                   + ("       –" if cells[4] is None else f" {cells[4]:7.1f}"))
     if results["failed"]:
         print(f"{len(results['failed'])} cell(s) failed; see results.md")
+    if results["missing"]:
+        print(f"{len(results['missing'])} cell(s) not run yet (listed in results.md)")
     print(f"wrote {folder.root}/results.md, results.json and plots")
     return 0

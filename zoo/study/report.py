@@ -48,8 +48,9 @@ def metrics_of(cells):
     return [*stats.METRICS, *extra]
 
 
-def write(plan, folder, cells):
-    """Write results.json, results.md and the plots; return the results dict."""
+def write(plan, folder, cells, missing=()):
+    """Write results.json, results.md and the plots; return the results dict. ``missing``: the names of the
+    plan's cells not yet run (a partial report)."""
     add_reference_distances(plan, folder, cells)
     metrics = metrics_of(cells)
     datasets = [d["id"] for d in plan.datasets]
@@ -79,7 +80,8 @@ def write(plan, folder, cells):
                "cells": cells, "summary": summary, "across_datasets": across, "cost": cost,
                "peak_memory": None if peak is None else {"peak_rss": peak["memory"]["peak_rss"],
                                                          "cell": cell_name(peak)},
-               "failed": [{"cell": cell_name(c), "error": c.get("error")} for c in cells if c.get("status") != "ok"]}
+               "failed": [{"cell": cell_name(c), "error": c.get("error")} for c in cells if c.get("status") != "ok"],
+               "missing": list(missing)}
     plots = reliability_plots(folder, ok, datasets, methods) + [cost_plot(folder, summary, datasets, methods)]
     write_json(folder.path("results.json"), results)
     folder.path("results.md").write_text(markdown(plan, results, metrics, plots))
@@ -167,18 +169,22 @@ def mean_pm(entry):
 
 def markdown(plan, results, metrics, plots):
     ev = plan.evaluation
-    n_cells = len(results["cells"])
+    n_cells, missing = len(results["cells"]), results["missing"]
     lines = [f"# Study: {len(plan.datasets)} dataset(s) x {len(plan.seeds)} seed(s) x {len(plan.rows)} method(s) "
-             f"= {n_cells} cells" + ("" if plan.profile == "full" else f" ({plan.profile})"), "",
-             f"Datasets: {', '.join(results['study']['datasets'])}. Seeds: {', '.join(map(str, plan.seeds))}. "
-             f"Steps x{ev['steps_scale']:g}; test and OOD metrics from {ev['samples']} posterior draws; shift "
-             f"metrics from {ev['shift_samples']} draws on at most {ev['shift_inputs']} test series, averaged over "
-             f"the shifted sets. Hyperparameters chosen on a stratified validation split of "
-             f"{ev['validation_fraction']:g} of training by validation NLL, the winner refitted on all of "
-             f"training (docs/study.md). Entries are mean ± standard error over seeds; `fit s` includes "
-             f"selection. Fingerprint `{results['study']['fingerprint']}`.", "",
-             "## Methods", "", "| method | where | prior | guide / peer | options | selected on validation |",
-             "|---|---|---|---|---|---|"]
+             f"= {n_cells + len(missing)} cells" + ("" if plan.profile == "full" else f" ({plan.profile})"), ""]
+    if missing:
+        lines += [f"**Partial report: {n_cells} of {n_cells + len(missing)} cells finished** (`--report-only`); "
+                  f"the {len(missing)} missing are listed at the end. Averages, ranks and tests below use the "
+                  f"finished cells alone.", ""]
+    lines += [f"Datasets: {', '.join(results['study']['datasets'])}. Seeds: {', '.join(map(str, plan.seeds))}. "
+              f"Steps x{ev['steps_scale']:g}; test and OOD metrics from {ev['samples']} posterior draws; shift "
+              f"metrics from {ev['shift_samples']} draws on at most {ev['shift_inputs']} test series, averaged over "
+              f"the shifted sets. Hyperparameters chosen on a stratified validation split of "
+              f"{ev['validation_fraction']:g} of training by validation NLL, the winner refitted on all of "
+              f"training (docs/study.md). Entries are mean ± standard error over seeds; `fit s` includes "
+              f"selection. Fingerprint `{results['study']['fingerprint']}`.", "",
+              "## Methods", "", "| method | where | prior | guide / peer | options | selected on validation |",
+              "|---|---|---|---|---|---|"]
     for r in plan.rows:
         if "peer" in r:
             lines.append(f"| {r['label']} | peer | | {r['peer']} | {json.dumps(r['options']) if r['options'] else ''} | |")
@@ -257,6 +263,9 @@ def markdown(plan, results, metrics, plots):
                   f"{show(results['peak_memory']['peak_rss'])} in cell {results['peak_memory']['cell']}."]
     if results["failed"]:
         lines += ["", "## Failed cells", ""] + [f"- {f['cell']}: {f['error']}" for f in results["failed"]]
+    if missing:
+        lines += ["", "## Missing cells", "", "Not run yet; the same command without `--report-only` runs them "
+                  "(and reuses every finished cell):", ""] + [f"- {m}" for m in missing]
     lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plots) + "."]
     return "\n".join(lines) + "\n"
 

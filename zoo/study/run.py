@@ -8,7 +8,7 @@ moment it finishes, and finally the statistics from the cells on disk.
 """
 from .. import recipes
 from .engine import Engine
-from .folder import StudyFolder
+from .folder import MARKER, StudyFolder
 from .footprint import check, estimate
 from .plan import PREDICT_CHUNK, StudyError, make_plan
 
@@ -22,8 +22,9 @@ def default_out(plan):
 
 def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False, sweep=False, peers=True,
               reference=False, steps_scale=None, num_samples=None, jobs=None, scheduler=None, memory_budget=None,
-              overwrite=False, device="cpu", threads=None, progress=True):
-    """Run (or resume) a study into folder ``out``; returns the results dict (also in ``out/results.json``).
+              overwrite=False, device="cpu", threads=None, progress=True, report_only=False):
+    """Run (or resume) a study into folder ``out``; returns (the results dict, also in ``out/results.json``,
+    the folder).
 
     ``datasets``, ``seeds``, ``methods``: comma-separated strings or lists (``datasets="all"``
     for every shipped dataset; methods are row and peer labels, default all). ``quick``
@@ -31,7 +32,8 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
     ``jobs`` runs cells on a local Dask cluster of that many processes, ``scheduler`` on an existing one;
     neither runs them here. ``memory_budget`` (bytes or "4G") is what one cell may use; by default half of the
     available memory shared among the concurrent cells. ``threads``: torch threads per cell (default: the
-    cores, shared among the workers on each machine).
+    cores, shared among the workers on each machine). ``report_only`` runs nothing: it reports the cells of
+    this plan that ``out`` holds finished (``report_finished``).
     """
     from inference.memory import parse_size
 
@@ -43,6 +45,10 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
     chunk = PREDICT_CHUNK if budget is None else min(PREDICT_CHUNK, budget // 2)
     plan = make_plan(datasets, seeds, methods, quick=quick, peers=peers, reference=reference,
                      steps_scale=steps_scale, num_samples=num_samples, device=device, chunk=chunk, sweep=sweep)
+    if report_only:
+        if jobs is not None or scheduler is not None:
+            raise StudyError("--report-only runs no cell; drop --jobs and --scheduler")
+        return report_finished(plan, out or default_out(plan))
     folder = StudyFolder.check(out or default_out(plan), plan.config(), plan.fingerprint(), overwrite)
     with engine:
         budget = budget or engine.default_budget()
@@ -74,6 +80,30 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
                              f"'{folder.root}' after the run")
         cells.append(cell)
     return write(plan, folder, cells), folder
+
+
+def report_finished(plan, out):
+    """The report of the plan's cells that ``out`` holds finished, the rest listed as missing; runs nothing.
+
+    For a study that is spread over several runs (each a group of rows, say, on a machine that keeps the
+    folder): every cell is matched by its own key, so the report holds exactly the cells a complete run
+    would reuse. ``study.json`` and the cells are left as they are.
+    """
+    from .report import write
+
+    folder = StudyFolder(out, plan.config(), plan.fingerprint(), overwrite=False, resuming=False)
+    if not folder.path(MARKER).is_file():
+        raise StudyError(f"--out '{folder.root}' holds no study ({MARKER}) to report")
+    cells, missing = [], []
+    for dataset, seed, row in plan.cells():
+        cell = folder.read_cell(dataset["id"], seed, row["label"], plan.key(dataset, seed, row))
+        if cell is None:
+            missing.append(f"({dataset['id']}, seed {seed}, {row['label']})")
+        else:
+            cells.append(cell)
+    if not cells:
+        raise StudyError(f"--out '{folder.root}' holds no finished cell of this study; nothing to report")
+    return write(plan, folder, cells, missing), folder
 
 
 CHAINS_PER_STEP = 8  # a reference cell's chains run as one vectorized pass of a small network: on ItalyPowerDemand
