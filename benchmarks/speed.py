@@ -24,6 +24,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from inference import fit
+from inference.guides import GUIDES
 from priors import MaskedDirichlet, gamma
 from zoo import TransformerClassifier
 from zoo.models.plain import PlainTransformer, train_step
@@ -80,12 +81,14 @@ def plain_step_seconds(x, y, steps):
 def fit_step_seconds(guide, x, y, steps, bayes="weights", make=None, **options):
     """Marginal seconds per step of ``inference.fit``, from fits of ``2`` and ``2 + steps`` steps.
 
-    ``make()`` builds the model (default: the workload's transformer with ``bayes``)."""
+    ``make()`` builds the model (default: the workload's transformer with ``bayes``); ``guide`` is a
+    guide's name, or a guide class, built for each model."""
     times = []
     for k in (2, 2 + steps):
         model = make() if make else _model(bayes)
+        built = guide(model, x[:2], y[:2], None) if isinstance(guide, type) else guide
         started = time.perf_counter()
-        fit(model, (x, y), guide=guide, steps=k, lr=1e-3, progress=False, **options)
+        fit(model, (x, y), guide=built, steps=k, lr=1e-3, progress=False, **options)
         times.append(time.perf_counter() - started)
     return (times[1] - times[0]) / steps
 
@@ -145,6 +148,25 @@ def dirichlet_sampling_ratio(steps):
 @figure("bam_step_ratio", ("<=", 1.3))
 def bam_step_ratio(steps):
     return step_ratio("bam", steps, bayes="bam")
+
+
+def without_draws(guide):
+    """The attention guide ``guide`` with each site's posterior mean in place of its draw (the KL kept)."""
+    class WithoutDraws(GUIDES[guide]):
+        def local(self, model, mean=False):
+            return super().local(model, mean=True)
+    return WithoutDraws
+
+
+@figure("dirichlet_without_draws_step_ratio", note="no target: dirichlet_step_ratio with no draws, posterior "
+        "means instead (KL kept): the floor no sampler can go below")
+def dirichlet_without_draws_step_ratio(steps):
+    return step_ratio(without_draws("dirichlet"), steps, bayes="attention")
+
+
+@figure("bam_without_draws_step_ratio", note="no target: bam_step_ratio with posterior means instead of draws")
+def bam_without_draws_step_ratio(steps):
+    return step_ratio(without_draws("bam"), steps, bayes="bam")
 
 
 @figure("sgpa_step_ratio", ("<=", 2.5))
