@@ -18,13 +18,13 @@ import argparse
 import json
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch.distributions import kl_divergence
 
 from inference import fit
-from inference.guides import GUIDES
 from priors import MaskedDirichlet, gamma
 from zoo import TransformerClassifier
 from zoo.models.plain import PlainTransformer, train_step
@@ -81,14 +81,12 @@ def plain_step_seconds(x, y, steps):
 def fit_step_seconds(guide, x, y, steps, bayes="weights", make=None, **options):
     """Marginal seconds per step of ``inference.fit``, from fits of ``2`` and ``2 + steps`` steps.
 
-    ``make()`` builds the model (default: the workload's transformer with ``bayes``); ``guide`` is a
-    guide's name, or a guide class, built for each model."""
+    ``make()`` builds the model (default: the workload's transformer with ``bayes``)."""
     times = []
     for k in (2, 2 + steps):
         model = make() if make else _model(bayes)
-        built = guide(model, x[:2], y[:2], None) if isinstance(guide, type) else guide
         started = time.perf_counter()
-        fit(model, (x, y), guide=built, steps=k, lr=1e-3, progress=False, **options)
+        fit(model, (x, y), guide=guide, steps=k, lr=1e-3, progress=False, **options)
         times.append(time.perf_counter() - started)
     return (times[1] - times[0]) / steps
 
@@ -150,23 +148,54 @@ def bam_step_ratio(steps):
     return step_ratio("bam", steps, bayes="bam")
 
 
-def without_draws(guide):
-    """The attention guide ``guide`` with each site's posterior mean in place of its draw (the KL kept)."""
-    class WithoutDraws(GUIDES[guide]):
-        def local(self, model, mean=False):
-            return super().local(model, mean=True)
-    return WithoutDraws
+@contextmanager
+def time_spent_in(module, names):
+    """``with time_spent_in(gamma, [...]) as spent:`` sums the wall seconds of calls to those functions of
+    ``module`` made inside the block into ``spent["seconds"]``."""
+    spent, originals = {"seconds": 0.0}, {name: getattr(module, name) for name in names}
+
+    def timed(fn):
+        def call(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent["seconds"] += time.perf_counter() - started
+        return call
+
+    for name, fn in originals.items():
+        setattr(module, name, timed(fn))
+    try:
+        yield spent
+    finally:
+        for name, fn in originals.items():
+            setattr(module, name, fn)
 
 
-@figure("dirichlet_without_draws_step_ratio", note="no target: dirichlet_step_ratio with no draws, posterior "
-        "means instead (KL kept): the floor no sampler can go below")
-def dirichlet_without_draws_step_ratio(steps):
-    return step_ratio(without_draws("dirichlet"), steps, bayes="attention")
+def step_ratio_without(names, guide, steps, bayes):
+    """One round: ``guide``'s fit step less the time its sampler (the ``priors.gamma`` functions ``names``) took
+    in that step, over the plain step: the ratio a sampler that cost nothing would give."""
+    x, y = _data()
+    plain = plain_step_seconds(x, y, steps)
+    times = []
+    for k in (2, 2 + steps):
+        with time_spent_in(gamma, names) as spent:
+            started = time.perf_counter()
+            fit(_model(bayes), (x, y), guide=guide, steps=k, lr=1e-3, progress=False)
+            times.append(time.perf_counter() - started - spent["seconds"])
+    return (times[1] - times[0]) / steps / plain
 
 
-@figure("bam_without_draws_step_ratio", note="no target: bam_step_ratio with posterior means instead of draws")
-def bam_without_draws_step_ratio(steps):
-    return step_ratio(without_draws("bam"), steps, bayes="bam")
+@figure("dirichlet_without_sampler_step_ratio", note="no target: dirichlet_step_ratio less its Gamma draws and "
+        "their gradients: the floor no sampler can go below")
+def dirichlet_without_sampler_step_ratio(steps):
+    return step_ratio_without(["dirichlet_rows", "dirichlet_rows_grad"], "dirichlet", steps, "attention")
+
+
+@figure("bam_without_sampler_step_ratio", note="no target: bam_step_ratio less its Weibull draws and their "
+        "gradients")
+def bam_without_sampler_step_ratio(steps):
+    return step_ratio_without(["weibull_draws", "weibull_draws_grad"], "bam", steps, "bam")
 
 
 @figure("sgpa_step_ratio", ("<=", 2.5))
