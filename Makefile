@@ -8,11 +8,11 @@ PEERS := laplace-torch==0.3 curvlinops-for-pytorch==3.0.1 backpack-for-pytorch==
 	einops==0.8.2 unfoldNd==0.2.3 einconv==0.1.0 linear_operator==0.6.1 opt-einsum==3.4.0 \
 	torchmetrics==1.9.0 lightning-utilities==0.15.3 jaxtyping==0.3.11 wadler-lindig==0.1.8
 
-$(BIN)/bzoo: pyproject.toml Makefile
+$(BIN)/bzoo: pyproject.toml Makefile constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0   # the CPU wheel; an unpinned torch pulls a multi-GB CUDA build
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'   # known-good versions (constraints.txt)
 	$(MAKE) peers
 	touch $@
 
