@@ -12,12 +12,13 @@
   ``info`` says what was fitted.
 
 The peers: ``plain`` (the identical network in plain PyTorch, Adam + cross-entropy with
-the MAP row's steps and lr), ``minirocket`` (aeon's MiniRocket; its ridge classifier
-gives hard 0/1 probabilities) and ``laplace-torch`` (laplace-torch's last-layer KFAC
+the MAP row's steps and lr), ``minirocket`` (aeon's MiniRocket; its ridge classifier's
+scores temperature-scaled on a validation split of training) and ``laplace-torch`` (laplace-torch's last-layer KFAC
 Laplace on the zoo's own MAP network, exported as a ``PlainTransformer``, with the prior
 precision chosen by marginal likelihood and probabilities from Monte Carlo draws of
 the GLM predictive).
 """
+import math
 import time
 
 import numpy as np
@@ -107,32 +108,67 @@ def rocket_inputs(x, mask, length):
     return out.numpy()
 
 
-def fit_minirocket(dataset, model_options=None, seed=0, device="cpu", n_kernels=10000):
+def fit_minirocket(dataset, model_options=None, seed=0, device="cpu", n_kernels=10000, calibrate=True,
+                   validation_fraction=0.2):
     """aeon's MiniRocket (``n_kernels`` kernels, ridge classifier) on every dataset.
 
     MiniRocket takes equal-length series of at least 9 steps: variable-length series
     (and series shorter than 9 steps, like digits' 8 rows) are linearly resampled over
-    their real steps to max(9, T). Its ridge classifier gives hard 0/1 probabilities, so
-    its NLL and calibration are those of a classifier that is always certain.
+    their real steps to max(9, T). Its ridge classifier gives scores, not probabilities.
+    With ``calibrate`` they become softmax(scores / T), the temperature T chosen by NLL on a
+    stratified ``validation_fraction`` of training for a MiniRocket fitted on the rest (temperature
+    scaling, Guo et al. 2017), and the classifier is refitted on all of training; the class it
+    predicts is the ridge's own. Without it the predicted class gets probability 1 (hard
+    probabilities: an NLL and an entropy that say nothing).
     """
     from aeon.classification.convolution_based import MiniRocketClassifier
 
     if dataset.tokens:
         raise DataError(f"MiniRocket takes real-valued series; '{dataset.name}' holds token ids")
     length = max(ROCKET_MIN_LENGTH, dataset.max_len)
-    clf = MiniRocketClassifier(n_kernels=n_kernels, random_state=seed)
+
+    def train(split):
+        clf = MiniRocketClassifier(n_kernels=n_kernels, random_state=seed)
+        return clf.fit(rocket_inputs(split.x, split.mask, length), split.y.numpy())
+
+    def scores(clf, x, mask):
+        """[N, K] ridge scores; classes absent from the classifier's training get -inf."""
+        d = clf.pipeline_.decision_function(rocket_inputs(x.cpu(), None if mask is None else mask.cpu(), length))
+        d = np.stack([np.zeros_like(d), d], 1) if d.ndim == 1 else d  # binary: the score of classes_[1]
+        full = torch.full((len(d), dataset.num_classes), -math.inf)
+        full[:, torch.as_tensor(clf.classes_.astype(int))] = torch.as_tensor(d, dtype=torch.float32)
+        return full
+
     started = time.perf_counter()
-    clf.fit(rocket_inputs(dataset.train.x, dataset.train.mask, length), dataset.train.y.numpy())
+    temperature = None
+    if calibrate:
+        from .select import validation_split
+
+        part, val, _ = validation_split(dataset.train, seed, validation_fraction)
+        temperature = fit_temperature(scores(train(part), val.x, val.mask), val.y)
+    clf = train(dataset.train)
     seconds = time.perf_counter() - started
 
     def predict(x, mask):
-        proba = clf.predict_proba(rocket_inputs(x.cpu(), None if mask is None else mask.cpu(), length))
-        full = np.zeros((len(proba), dataset.num_classes))
-        full[:, clf.classes_.astype(int)] = proba  # classes absent from training get probability 0
-        return torch.as_tensor(full, dtype=torch.float32)[None]
+        s = scores(clf, x, mask)
+        if temperature is None:
+            return F.one_hot(s.argmax(-1), dataset.num_classes).float()[None]
+        return (s / temperature).softmax(-1)[None]
 
-    return Predictor(predict, seconds, {"n_kernels": n_kernels, "length": length, "hard_probabilities": True,
+    return Predictor(predict, seconds, {"n_kernels": n_kernels, "length": length, "temperature": temperature,
                                         "resampled": length != dataset.max_len or dataset.train.mask is not None})
+
+
+def fit_temperature(logits, y):
+    """The T > 0 that minimizes the NLL of softmax(logits / T) for labels ``y`` (log T searched in [-7, 7])."""
+    from scipy.optimize import minimize_scalar
+
+    logits, y = logits.double(), y.cpu()
+
+    def nll(log_t):
+        return float(-(logits / math.exp(log_t)).log_softmax(-1)[torch.arange(len(y)), y].mean())
+
+    return math.exp(minimize_scalar(nll, bounds=(-7.0, 7.0), method="bounded").x)
 
 
 def export_map(model, posterior):

@@ -114,7 +114,9 @@ def methods_offered(reference=False):
 def resolve_row(row):
     """A row with every default written out (what its cells depend on): model size, prior, fit options.
 
-    A peer gets the MAP row's steps and lr where its fitter takes them (``zoo.study.peers``).
+    A peer gets the MAP row's steps and lr where its fitter takes them, and its fitter's other keyword
+    defaults written out under ``defaults`` (``zoo.study.peers``; the study may still set some of them,
+    such as ``num_samples`` or a token budget's ``batch_size``).
     """
     import inspect
 
@@ -123,9 +125,11 @@ def resolve_row(row):
     model = {**recipes.MODEL, **row.get("model", {})}
     if "peer" in row:
         accepted = inspect.signature(PEERS[row["peer"]]).parameters
-        options = {k: v for k, v in recipes.FIT["map"].items() if k in accepted}
-        return {"label": row["label"], "peer": row["peer"], "model": model,
-                "options": {**options, **row.get("options", {})}}
+        options = {**{k: v for k, v in recipes.FIT["map"].items() if k in accepted}, **row.get("options", {})}
+        defaults = {k: p.default for k, p in accepted.items()  # in the key, so a changed default reruns the cell
+                    if p.default is not p.empty and k not in options and k not in ("model_options", "seed", "device")}
+        return {"label": row["label"], "peer": row["peer"], "model": model, "options": options,
+                "defaults": defaults}
     check_row(row)
     if row.get("adapter"):  # the backbone's architecture, not MODEL, sizes an adapter row
         return {"label": row["label"], "guide": row["guide"], "bayes": row.get("bayes", "weights"),
