@@ -14,6 +14,7 @@ from zoo.study import cell as cell_module
 from zoo.study import stats
 from zoo.study.footprint import PeakSampler
 from zoo.study.plan import make_plan, thin
+from zoo.study.run import work
 from zoo.study.select import candidates, choose, validation_split, with_values
 
 TINY = {"d_model": 8, "depth": 1, "heads": 2}
@@ -227,6 +228,12 @@ def test_report_only_reports_the_finished_cells_lists_the_rest_and_runs_nothing(
                                           [(0, "plain"), (1, "map"), (1, "plain")]]
     text = (out / "results.md").read_text()
     assert "Partial report: 1 of 4 cells finished" in text and "- (ItalyPowerDemand, seed 1, plain)" in text
+    # the missing cells' cost: map's measured CPU seconds per unit of work, for map's and (none finished) plain's
+    plan = make_plan("ItalyPowerDemand", "0,1", "map,plain", num_samples=2)
+    units = {r["label"]: work(r, plan.datasets[0], plan.evaluation) for r in plan.rows}
+    rate = results["cells"][0]["cpu_seconds"] / units["map"]
+    assert results["remaining_cpu_seconds"] == pytest.approx(rate * (units["map"] + 2 * units["plain"]))
+    assert "CPU hours" in text
     assert {p: p.read_bytes() for p in [*(out / "cells").rglob("*"), out / "study.json"] if p.is_file()} == kept
 
     common = ["--methods", "map", "--num-samples", 2, "--report-only"]

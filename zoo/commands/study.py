@@ -61,6 +61,8 @@ def run(args):
     if results["failed"]:
         print(f"{len(results['failed'])} cell(s) failed; see results.md")
     if results["missing"]:
-        print(f"{len(results['missing'])} cell(s) not run yet (listed in results.md)")
+        cost = results["remaining_cpu_seconds"]
+        print(f"{len(results['missing'])} cell(s) not run yet (listed in results.md)"
+              + ("" if cost is None else f", about {cost / 3600:.1f} CPU hours"))
     print(f"wrote {folder.root}/results.md, results.json and plots")
     return 0

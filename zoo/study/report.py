@@ -48,9 +48,9 @@ def metrics_of(cells):
     return [*stats.METRICS, *extra]
 
 
-def write(plan, folder, cells, missing=()):
+def write(plan, folder, cells, missing=(), remaining_cpu_seconds=None):
     """Write results.json, results.md and the plots; return the results dict. ``missing``: the names of the
-    plan's cells not yet run (a partial report)."""
+    plan's cells not yet run (a partial report), ``remaining_cpu_seconds`` a rough estimate of their cost."""
     add_reference_distances(plan, folder, cells)
     metrics = metrics_of(cells)
     datasets = [d["id"] for d in plan.datasets]
@@ -81,7 +81,7 @@ def write(plan, folder, cells, missing=()):
                "peak_memory": None if peak is None else {"peak_rss": peak["memory"]["peak_rss"],
                                                          "cell": cell_name(peak)},
                "failed": [{"cell": cell_name(c), "error": c.get("error")} for c in cells if c.get("status") != "ok"],
-               "missing": list(missing)}
+               "missing": list(missing), "remaining_cpu_seconds": remaining_cpu_seconds}
     plots = reliability_plots(folder, ok, datasets, methods) + [cost_plot(folder, summary, datasets, methods)]
     write_json(folder.path("results.json"), results)
     folder.path("results.md").write_text(markdown(plan, results, metrics, plots))
@@ -264,8 +264,12 @@ def markdown(plan, results, metrics, plots):
     if results["failed"]:
         lines += ["", "## Failed cells", ""] + [f"- {f['cell']}: {f['error']}" for f in results["failed"]]
     if missing:
+        cost = results["remaining_cpu_seconds"]
         lines += ["", "## Missing cells", "", "Not run yet; the same command without `--report-only` runs them "
-                  "(and reuses every finished cell):", ""] + [f"- {m}" for m in missing]
+                  "(and reuses every finished cell)" + ("." if cost is None else
+                  f", in about {cost / 3600:.1f} CPU hours (rough: each row's finished cells' CPU seconds per unit "
+                  f"of `zoo.study.run.work`, scaled to the missing cells; a row with none finished at the average "
+                  f"rate). `--jobs N` divides that wall time by about N."), ""] + [f"- {m}" for m in missing]
     lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plots) + "."]
     return "\n".join(lines) + "\n"
 

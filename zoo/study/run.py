@@ -94,16 +94,35 @@ def report_finished(plan, out):
     folder = StudyFolder(out, plan.config(), plan.fingerprint(), overwrite=False, resuming=False)
     if not folder.path(MARKER).is_file():
         raise StudyError(f"--out '{folder.root}' holds no study ({MARKER}) to report")
-    cells, missing = [], []
+    cells, missing, pending = [], [], []
     for dataset, seed, row in plan.cells():
         cell = folder.read_cell(dataset["id"], seed, row["label"], plan.key(dataset, seed, row))
         if cell is None:
             missing.append(f"({dataset['id']}, seed {seed}, {row['label']})")
+            pending.append((row, work(row, dataset, plan.evaluation)))
         else:
             cells.append(cell)
     if not cells:
         raise StudyError(f"--out '{folder.root}' holds no finished cell of this study; nothing to report")
-    return write(plan, folder, cells, missing), folder
+    return write(plan, folder, cells, missing, remaining_cpu_seconds(plan, cells, pending)), folder
+
+
+def remaining_cpu_seconds(plan, cells, pending):
+    """A rough CPU-seconds estimate of the ``pending`` (row, work) cells: each row's finished cells' CPU seconds
+    per unit of ``work``, or the finished cells' overall rate for a row with none finished."""
+    datasets = {d["id"]: d for d in plan.datasets}
+    spent = {}
+    for cell in cells:
+        if cell.get("status") == "ok":
+            row = next(r for r in plan.rows if r["label"] == cell["method"])
+            cpu, units = spent.get(row["label"], (0.0, 0.0))
+            spent[row["label"]] = (cpu + cell["cpu_seconds"], units + work(row, datasets[cell["dataset"]],
+                                                                           plan.evaluation))
+    if not spent:
+        return None
+    overall = sum(c for c, _ in spent.values()) / sum(u for _, u in spent.values())
+    return sum(units * (spent[row["label"]][0] / spent[row["label"]][1] if row["label"] in spent else overall)
+               for row, units in pending)
 
 
 CHAINS_PER_STEP = 8  # a reference cell's chains run as one vectorized pass of a small network: on ItalyPowerDemand
