@@ -1,5 +1,6 @@
 """The peers (plain PyTorch, MiniRocket, laplace-torch) and the batched deep ensemble."""
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -58,6 +59,8 @@ def test_the_temperature_is_the_maximum_likelihood_one():
     y = torch.multinomial(z.softmax(-1), 1, generator=g)[:, 0]
     assert abs(fit_temperature(2.5 * z, y) - 2.5) < 0.25
     assert abs(fit_temperature(z, y) - 1.0) < 0.1
+    unseen = torch.cat([2.5 * z, torch.tensor([[0.0, 1.0, -math.inf]])]), torch.cat([y, torch.tensor([2])])
+    assert fit_temperature(*unseen) == fit_temperature(2.5 * z, y)  # a class its classifier never saw: left out
 
 
 def test_a_peers_cells_depend_on_its_fitters_defaults():
@@ -65,7 +68,7 @@ def test_a_peers_cells_depend_on_its_fitters_defaults():
     from zoo.study.plan import resolve_row
 
     row = resolve_row({"label": "minirocket", "peer": "minirocket"})
-    assert row["defaults"] == {"n_kernels": 10000, "calibrate": True, "validation_fraction": 0.2}
+    assert row["defaults"] == {"n_kernels": 10000, "calibrate": True, "folds": 5}
     assert resolve_row({"label": "plain", "peer": "plain"})["options"] == {
         k: v for k, v in recipes.FIT["map"].items() if k in ("steps", "lr")}
 

@@ -13,7 +13,7 @@
 
 The peers: ``plain`` (the identical network in plain PyTorch, Adam + cross-entropy with
 the MAP row's steps and lr), ``minirocket`` (aeon's MiniRocket; its ridge classifier's
-scores temperature-scaled on a validation split of training) and ``laplace-torch`` (laplace-torch's last-layer KFAC
+scores temperature-scaled on held-out folds of training) and ``laplace-torch`` (laplace-torch's last-layer KFAC
 Laplace on the zoo's own MAP network, exported as a ``PlainTransformer``, with the prior
 precision chosen by marginal likelihood and probabilities from Monte Carlo draws of
 the GLM predictive).
@@ -108,17 +108,17 @@ def rocket_inputs(x, mask, length):
     return out.numpy()
 
 
-def fit_minirocket(dataset, model_options=None, seed=0, device="cpu", n_kernels=10000, calibrate=True,
-                   validation_fraction=0.2):
+def fit_minirocket(dataset, model_options=None, seed=0, device="cpu", n_kernels=10000, calibrate=True, folds=5):
     """aeon's MiniRocket (``n_kernels`` kernels, ridge classifier) on every dataset.
 
     MiniRocket takes equal-length series of at least 9 steps: variable-length series
     (and series shorter than 9 steps, like digits' 8 rows) are linearly resampled over
     their real steps to max(9, T). Its ridge classifier gives scores, not probabilities.
-    With ``calibrate`` they become softmax(scores / T), the temperature T chosen by NLL on a
-    stratified ``validation_fraction`` of training for a MiniRocket fitted on the rest (temperature
-    scaling, Guo et al. 2017), and the classifier is refitted on all of training; the class it
-    predicts is the ridge's own. Without it the predicted class gets probability 1 (hard
+    With ``calibrate`` they become softmax(scores / T), the temperature T chosen by NLL on held-out
+    scores (temperature scaling, Guo et al. 2017): those of ``folds`` MiniRocket fits, each on
+    training less one stratified fold, pooled so that every training series is held out once (a
+    single small validation split is often classified perfectly, which sends T to 0). The
+    classifier is then refitted on all of training; the class it predicts is the ridge's own. Without it the predicted class gets probability 1 (hard
     probabilities: an NLL and an entropy that say nothing).
     """
     from aeon.classification.convolution_based import MiniRocketClassifier
@@ -142,10 +142,7 @@ def fit_minirocket(dataset, model_options=None, seed=0, device="cpu", n_kernels=
     started = time.perf_counter()
     temperature = None
     if calibrate:
-        from .select import validation_split
-
-        part, val, _ = validation_split(dataset.train, seed, validation_fraction)
-        temperature = fit_temperature(scores(train(part), val.x, val.mask), val.y)
+        temperature = fit_temperature(*held_out_scores(dataset.train, folds, seed, train, scores))
     clf = train(dataset.train)
     seconds = time.perf_counter() - started
 
@@ -159,11 +156,38 @@ def fit_minirocket(dataset, model_options=None, seed=0, device="cpu", n_kernels=
                                         "resampled": length != dataset.max_len or dataset.train.mask is not None})
 
 
+def held_out_scores(train_split, folds, seed, train, scores):
+    """(scores, labels) of every series of ``train_split`` from a classifier fitted without its fold: stratified
+    ``folds``-fold (at most as many folds as the largest class has series, at least two)."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    from .select import subset
+
+    y = train_split.y.cpu()
+    k = max(2, min(folds, int(torch.bincount(y).max())))
+    held, labels = [], []
+    with warnings.catch_warnings():  # a class with fewer series than folds: sklearn warns and still stratifies
+        warnings.simplefilter("ignore", UserWarning)
+        splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y.numpy()))
+    for fit_idx, val_idx in splits:
+        part, val = subset(train_split, torch.as_tensor(fit_idx)), subset(train_split, torch.as_tensor(val_idx))
+        held.append(scores(train(part), val.x, val.mask))
+        labels.append(val.y.cpu())
+    return torch.cat(held), torch.cat(labels)
+
+
 def fit_temperature(logits, y):
-    """The T > 0 that minimizes the NLL of softmax(logits / T) for labels ``y`` (log T searched in [-7, 7])."""
+    """The T > 0 that minimizes the NLL of softmax(logits / T) for labels ``y`` (log T searched in [-7, 7]).
+
+    Rows whose label has no score (-inf: a class its classifier never saw) are left out: no T changes them.
+    """
     from scipy.optimize import minimize_scalar
 
     logits, y = logits.double(), y.cpu()
+    seen = logits[torch.arange(len(y)), y].isfinite()
+    logits, y = logits[seen], y[seen]
 
     def nll(log_t):
         return float(-(logits / math.exp(log_t)).log_softmax(-1)[torch.arange(len(y)), y].mean())
