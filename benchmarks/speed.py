@@ -78,24 +78,50 @@ def plain_step_seconds(x, y, steps):
     return seconds_per_call(lambda: train_step(net, optim, x, y), steps)
 
 
-def fit_step_seconds(guide, x, y, steps, bayes="weights", make=None, **options):
+@contextmanager
+def time_spent_in(module, names):
+    """``with time_spent_in(gamma, [...]) as spent:`` sums the wall seconds of calls to those functions of
+    ``module`` made inside the block into ``spent["seconds"]``."""
+    spent, originals = {"seconds": 0.0}, {name: getattr(module, name) for name in names}
+
+    def timed(fn):
+        def call(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent["seconds"] += time.perf_counter() - started
+        return call
+
+    for name, fn in originals.items():
+        setattr(module, name, timed(fn))
+    try:
+        yield spent
+    finally:
+        for name, fn in originals.items():
+            setattr(module, name, fn)
+
+
+def fit_step_seconds(guide, x, y, steps, bayes="weights", make=None, exclude=(), **options):
     """Marginal seconds per step of ``inference.fit``, from fits of ``2`` and ``2 + steps`` steps.
 
-    ``make()`` builds the model (default: the workload's transformer with ``bayes``)."""
+    ``make()`` builds the model (default: the workload's transformer with ``bayes``); the time spent inside the
+    ``priors.gamma`` functions named in ``exclude`` is left out (a step with that part for free)."""
     times = []
     for k in (2, 2 + steps):
         model = make() if make else _model(bayes)
-        started = time.perf_counter()
-        fit(model, (x, y), guide=guide, steps=k, lr=1e-3, progress=False, **options)
-        times.append(time.perf_counter() - started)
+        with time_spent_in(gamma, exclude) as spent:
+            started = time.perf_counter()
+            fit(model, (x, y), guide=guide, steps=k, lr=1e-3, progress=False, **options)
+            times.append(time.perf_counter() - started - spent["seconds"])
     return (times[1] - times[0]) / steps
 
 
-def step_ratio(guide, steps, bayes="weights", **options):
-    """One round: a fit step of ``guide`` over the plain step, timed back to back."""
+def step_ratio(guide, steps, bayes="weights", exclude=(), **options):
+    """One round: a fit step of ``guide`` (less the time in ``exclude``) over the plain step, timed back to back."""
     x, y = _data()
     plain = plain_step_seconds(x, y, steps)
-    return fit_step_seconds(guide, x, y, steps, bayes, **options) / plain
+    return fit_step_seconds(guide, x, y, steps, bayes, exclude=exclude, **options) / plain
 
 
 @figure("map_step_ratio", ("<=", 1.3))
@@ -148,54 +174,16 @@ def bam_step_ratio(steps):
     return step_ratio("bam", steps, bayes="bam")
 
 
-@contextmanager
-def time_spent_in(module, names):
-    """``with time_spent_in(gamma, [...]) as spent:`` sums the wall seconds of calls to those functions of
-    ``module`` made inside the block into ``spent["seconds"]``."""
-    spent, originals = {"seconds": 0.0}, {name: getattr(module, name) for name in names}
-
-    def timed(fn):
-        def call(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent["seconds"] += time.perf_counter() - started
-        return call
-
-    for name, fn in originals.items():
-        setattr(module, name, timed(fn))
-    try:
-        yield spent
-    finally:
-        for name, fn in originals.items():
-            setattr(module, name, fn)
-
-
-def step_ratio_without(names, guide, steps, bayes):
-    """One round: ``guide``'s fit step less the time its sampler (the ``priors.gamma`` functions ``names``) took
-    in that step, over the plain step: the ratio a sampler that cost nothing would give."""
-    x, y = _data()
-    plain = plain_step_seconds(x, y, steps)
-    times = []
-    for k in (2, 2 + steps):
-        with time_spent_in(gamma, names) as spent:
-            started = time.perf_counter()
-            fit(_model(bayes), (x, y), guide=guide, steps=k, lr=1e-3, progress=False)
-            times.append(time.perf_counter() - started - spent["seconds"])
-    return (times[1] - times[0]) / steps / plain
-
-
 @figure("dirichlet_without_sampler_step_ratio", note="no target: dirichlet_step_ratio less its Gamma draws and "
         "their gradients: the floor no sampler can go below")
 def dirichlet_without_sampler_step_ratio(steps):
-    return step_ratio_without(["dirichlet_rows", "dirichlet_rows_grad"], "dirichlet", steps, "attention")
+    return step_ratio("dirichlet", steps, bayes="attention", exclude=["dirichlet_rows", "dirichlet_rows_grad"])
 
 
 @figure("bam_without_sampler_step_ratio", note="no target: bam_step_ratio less its Weibull draws and their "
         "gradients")
 def bam_without_sampler_step_ratio(steps):
-    return step_ratio_without(["weibull_draws", "weibull_draws_grad"], "bam", steps, "bam")
+    return step_ratio("bam", steps, bayes="bam", exclude=["weibull_draws", "weibull_draws_grad"])
 
 
 @figure("sgpa_step_ratio", ("<=", 2.5))

@@ -13,10 +13,10 @@
 
 The peers: ``plain`` (the identical network in plain PyTorch, Adam + cross-entropy with
 the MAP row's steps and lr), ``minirocket`` (aeon's MiniRocket; its ridge classifier's
-scores temperature-scaled on held-out folds of training) and ``laplace-torch`` (laplace-torch's last-layer KFAC
-Laplace on the zoo's own MAP network, exported as a ``PlainTransformer``, with the prior
-precision chosen by marginal likelihood and probabilities from Monte Carlo draws of
-the GLM predictive).
+scores temperature-scaled on held-out folds of training) and ``laplace-torch``
+(laplace-torch's last-layer KFAC Laplace on the zoo's own MAP network, exported as a
+``PlainTransformer``, with the prior precision chosen by marginal likelihood and
+probabilities from Monte Carlo draws of the GLM predictive).
 """
 import math
 import time
@@ -118,8 +118,8 @@ def fit_minirocket(dataset, model_options=None, seed=0, device="cpu", n_kernels=
     scores (temperature scaling, Guo et al. 2017): those of ``folds`` MiniRocket fits, each on
     training less one stratified fold, pooled so that every training series is held out once (a
     single small validation split is often classified perfectly, which sends T to 0). The
-    classifier is then refitted on all of training; the class it predicts is the ridge's own. Without it the predicted class gets probability 1 (hard
-    probabilities: an NLL and an entropy that say nothing).
+    classifier is then refitted on all of training; the class it predicts is the ridge's own. Without
+    it the predicted class gets probability 1 (hard probabilities: an NLL and an entropy that say nothing).
     """
     from aeon.classification.convolution_based import MiniRocketClassifier
 

@@ -72,14 +72,24 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
         engine.run(tasks, folder.write_cell, total=len(finished) + len(tasks), done=len(finished), progress=progress)
     from .report import write
 
-    cells = []
+    cells, missing = read_cells(plan, folder)
+    if missing:
+        dataset, seed, row = missing[0]
+        raise StudyError(f"cell ({dataset['id']}, seed {seed}, {row['label']}) has no finished file in "
+                         f"'{folder.root}' after the run")
+    return write(plan, folder, cells), folder
+
+
+def read_cells(plan, folder):
+    """The plan's cells that ``folder`` holds finished (matched by key), and the (dataset, seed, row) of the rest."""
+    cells, missing = [], []
     for dataset, seed, row in plan.cells():
         cell = folder.read_cell(dataset["id"], seed, row["label"], plan.key(dataset, seed, row))
         if cell is None:
-            raise StudyError(f"cell ({dataset['id']}, seed {seed}, {row['label']}) has no finished file in "
-                             f"'{folder.root}' after the run")
-        cells.append(cell)
-    return write(plan, folder, cells), folder
+            missing.append((dataset, seed, row))
+        else:
+            cells.append(cell)
+    return cells, missing
 
 
 def report_finished(plan, out):
@@ -94,35 +104,28 @@ def report_finished(plan, out):
     folder = StudyFolder(out, plan.config(), plan.fingerprint(), overwrite=False, resuming=False)
     if not folder.path(MARKER).is_file():
         raise StudyError(f"--out '{folder.root}' holds no study ({MARKER}) to report")
-    cells, missing, pending = [], [], []
-    for dataset, seed, row in plan.cells():
-        cell = folder.read_cell(dataset["id"], seed, row["label"], plan.key(dataset, seed, row))
-        if cell is None:
-            missing.append(f"({dataset['id']}, seed {seed}, {row['label']})")
-            pending.append((row, work(row, dataset, plan.evaluation)))
-        else:
-            cells.append(cell)
+    cells, missing = read_cells(plan, folder)
     if not cells:
         raise StudyError(f"--out '{folder.root}' holds no finished cell of this study; nothing to report")
-    return write(plan, folder, cells, missing, remaining_cpu_seconds(plan, cells, pending)), folder
+    names = [f"({dataset['id']}, seed {seed}, {row['label']})" for dataset, seed, row in missing]
+    return write(plan, folder, cells, names, remaining_cpu_seconds(plan, cells, missing)), folder
 
 
-def remaining_cpu_seconds(plan, cells, pending):
-    """A rough CPU-seconds estimate of the ``pending`` (row, work) cells: each row's finished cells' CPU seconds
-    per unit of ``work``, or the finished cells' overall rate for a row with none finished."""
-    datasets = {d["id"]: d for d in plan.datasets}
+def remaining_cpu_seconds(plan, cells, missing):
+    """A rough CPU-seconds estimate of the ``missing`` (dataset, seed, row) cells: each row's finished cells' CPU
+    seconds per unit of ``work``, or the finished cells' overall rate for a row with none finished."""
+    datasets, rows = {d["id"]: d for d in plan.datasets}, {r["label"]: r for r in plan.rows}
     spent = {}
     for cell in cells:
         if cell.get("status") == "ok":
-            row = next(r for r in plan.rows if r["label"] == cell["method"])
-            cpu, units = spent.get(row["label"], (0.0, 0.0))
-            spent[row["label"]] = (cpu + cell["cpu_seconds"], units + work(row, datasets[cell["dataset"]],
-                                                                           plan.evaluation))
+            cpu, units = spent.get(cell["method"], (0.0, 0.0))
+            spent[cell["method"]] = (cpu + cell["cpu_seconds"],
+                                     units + work(rows[cell["method"]], datasets[cell["dataset"]], plan.evaluation))
     if not spent:
         return None
     overall = sum(c for c, _ in spent.values()) / sum(u for _, u in spent.values())
-    return sum(units * (spent[row["label"]][0] / spent[row["label"]][1] if row["label"] in spent else overall)
-               for row, units in pending)
+    rate = {label: cpu / units for label, (cpu, units) in spent.items()}
+    return sum(work(row, dataset, plan.evaluation) * rate.get(row["label"], overall) for dataset, _, row in missing)
 
 
 CHAINS_PER_STEP = 8  # a reference cell's chains run as one vectorized pass of a small network: on ItalyPowerDemand
