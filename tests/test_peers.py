@@ -160,3 +160,16 @@ def test_batching_is_refused_by_name_where_members_cannot_be_stacked():
     ds = tiny(variable=True)
     with pytest.raises(FitError, match="batched=True needs a transformer without attention sites"):
         fit(toy_model("attention"), ds.train, guide="ensemble", num_members=2, steps=1, batched=True, progress=False)
+
+
+def test_minirocket_never_starts_its_thread_runtime_in_the_calling_process():
+    """MiniRocket's numba pool slowed every later torch cell of its process (issue 33: 2.9 s -> 195 s); it runs
+    in a child, so this process's numba threading layer stays unlaunched and its torch threads unchanged."""
+    import numba.np.ufunc.parallel as numba_parallel
+
+    threads = torch.get_num_threads()
+    ds = tiny(False, channels=1)
+    peer = PEERS["minirocket"](ds, {}, 0, "cpu", n_kernels=84)
+    probs = peer.predict(ds.test.x, ds.test.mask)
+    assert probs.shape == (1, len(ds.test), 2)
+    assert not numba_parallel._is_initialized and torch.get_num_threads() == threads

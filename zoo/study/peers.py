@@ -109,7 +109,7 @@ def rocket_inputs(x, mask, length):
 
 
 def fit_minirocket(dataset, model_options=None, seed=0, device="cpu", n_kernels=10000, calibrate=True, folds=5):
-    """aeon's MiniRocket (``n_kernels`` kernels, ridge classifier) on every dataset.
+    """aeon's MiniRocket (``n_kernels`` kernels, ridge classifier) on every dataset, in a child process.
 
     MiniRocket takes equal-length series of at least 9 steps: variable-length series
     (and series shorter than 9 steps, like digits' 8 rows) are linearly resampled over
@@ -120,12 +120,33 @@ def fit_minirocket(dataset, model_options=None, seed=0, device="cpu", n_kernels=
     single small validation split is often classified perfectly, which sends T to 0). The
     classifier is then refitted on all of training; the class it predicts is the ridge's own. Without
     it the predicted class gets probability 1 (hard probabilities: an NLL and an entropy that say nothing).
+    The classifier lives in a ``zoo.isolated.Child``: its numba thread runtime would slow every later torch
+    cell of this process.
     """
-    from aeon.classification.convolution_based import MiniRocketClassifier
+    from ..isolated import Child
 
     if dataset.tokens:
         raise DataError(f"MiniRocket takes real-valued series; '{dataset.name}' holds token ids")
     length = max(ROCKET_MIN_LENGTH, dataset.max_len)
+    child = Child(torch.get_num_threads())
+    seconds, temperature = child.call(rocket_fit, dataset.train, dataset.num_classes, length, n_kernels, seed,
+                                      calibrate, folds)
+
+    def predict(x, mask):
+        s = child.call(rocket_scores, x.cpu(), None if mask is None else mask.cpu())
+        if temperature is None:
+            return F.one_hot(s.argmax(-1), dataset.num_classes).float()[None]
+        return (s / temperature).softmax(-1)[None]
+
+    peer = Predictor(predict, seconds, {"n_kernels": n_kernels, "length": length, "temperature": temperature,
+                                        "resampled": length != dataset.max_len or dataset.train.mask is not None})
+    peer.child = child  # ends with the peer
+    return peer
+
+
+def rocket_fit(kept, train_split, num_classes, length, n_kernels, seed, calibrate, folds):
+    """In the child: fit (and calibrate) MiniRocket on ``train_split``, keep it; ``(seconds, temperature)``."""
+    from aeon.classification.convolution_based import MiniRocketClassifier
 
     def train(split):
         clf = MiniRocketClassifier(n_kernels=n_kernels, random_state=seed)
@@ -133,27 +154,22 @@ def fit_minirocket(dataset, model_options=None, seed=0, device="cpu", n_kernels=
 
     def scores(clf, x, mask):
         """[N, K] ridge scores; classes absent from the classifier's training get -inf."""
-        d = clf.pipeline_.decision_function(rocket_inputs(x.cpu(), None if mask is None else mask.cpu(), length))
+        d = clf.pipeline_.decision_function(rocket_inputs(x, mask, length))
         d = np.stack([np.zeros_like(d), d], 1) if d.ndim == 1 else d  # binary: the score of classes_[1]
-        full = torch.full((len(d), dataset.num_classes), -math.inf)
+        full = torch.full((len(d), num_classes), -math.inf)
         full[:, torch.as_tensor(clf.classes_.astype(int))] = torch.as_tensor(d, dtype=torch.float32)
         return full
 
     started = time.perf_counter()
-    temperature = None
-    if calibrate:
-        temperature = fit_temperature(*held_out_scores(dataset.train, folds, seed, train, scores))
-    clf = train(dataset.train)
-    seconds = time.perf_counter() - started
+    temperature = fit_temperature(*held_out_scores(train_split, folds, seed, train, scores)) if calibrate else None
+    kept["rocket"] = (train(train_split), scores)
+    return time.perf_counter() - started, temperature
 
-    def predict(x, mask):
-        s = scores(clf, x, mask)
-        if temperature is None:
-            return F.one_hot(s.argmax(-1), dataset.num_classes).float()[None]
-        return (s / temperature).softmax(-1)[None]
 
-    return Predictor(predict, seconds, {"n_kernels": n_kernels, "length": length, "temperature": temperature,
-                                        "resampled": length != dataset.max_len or dataset.train.mask is not None})
+def rocket_scores(kept, x, mask):
+    """In the child: the kept classifier's [N, K] ridge scores."""
+    clf, scores = kept["rocket"]
+    return scores(clf, x, mask)
 
 
 def held_out_scores(train_split, folds, seed, train, scores):
