@@ -6,7 +6,7 @@ import torch
 
 from zoo import data
 from zoo.data import Split
-from zoo.data.ood import ood_inputs
+from zoo.data.ood import ood_inputs, scale, source_series
 from zoo.data.shift import LEVELS, SHIFTS, STRENGTH, shifted, shifts, warp
 
 NAMES = list(data.available())
@@ -23,7 +23,7 @@ def nearest_distance(x, reference):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_ood_inputs_exist_with_the_test_shape_and_lie_farther_from_training_than_test_data(name):
+def test_ood_inputs_exist_with_the_test_shape_and_are_raw_source_windows_in_the_targets_preprocessing(name):
     ds = dataset(name)
     x, mask = ood_inputs(ds)
     assert x.shape == ds.test.x.shape and x.dtype == torch.float32 and torch.isfinite(x).all()
@@ -31,16 +31,24 @@ def test_ood_inputs_exist_with_the_test_shape_and_lie_farther_from_training_than
         assert mask is None
     else:
         assert torch.equal(mask, ds.test.mask) and (x[~mask] == 0).all()
+    raw = x * torch.tensor(ds.preprocessing["std"]) + torch.tensor(ds.preprocessing["mean"])  # undo the target's
+    source = torch.as_tensor(source_series(ds.name))  # standardization: the source's raw values, windows of them
     real = torch.ones(x.shape[:2], dtype=torch.bool) if mask is None else mask
-    for c in range(x.shape[-1]):  # every channel of every series z-normalized over its real steps
-        lengths = real.sum(1)
-        mean = (x[..., c] * real).sum(1) / lengths
-        assert mean.abs().max() < 1e-4
-    assert nearest_distance(x, ds.train.x).median() > nearest_distance(ds.test.x, ds.train.x).median()
+    tol = 1e-4 * source.abs().max()
+    assert raw[real].min() >= source.min() - tol and raw[real].max() <= source.max() + tol
     again, _ = ood_inputs(ds)
     assert torch.equal(again, x)  # deterministic
     other, _ = ood_inputs(ds, seed=1)
     assert not torch.equal(other, x)
+
+
+def test_ood_scale_is_one_for_the_test_set_itself_and_measures_a_stretch():
+    ds = dataset("ItalyPowerDemand")
+    same = scale(ds, ds.test.x, ds.test.mask)
+    assert abs(same["std_ratio"] - 1) < 1e-9 and abs(same["mean_offset"]) < 1e-9
+    stretched = scale(ds, 3 * ds.test.x + 2 * ds.test.x.std(), ds.test.mask)
+    assert abs(stretched["std_ratio"] - 3) < 1e-6 and abs(stretched["mean_offset"] - 2 - 3 * ds.test.x.mean() /
+                                                              ds.test.x.std()) < 1e-4
 
 
 def test_ood_for_token_data_is_random_ids_within_the_vocabulary():
