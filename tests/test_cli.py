@@ -24,6 +24,8 @@ def test_fit_writes_a_complete_run_folder(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"accuracy", "nll", "ece", "brier", "fit_seconds"} <= set(metrics)
     assert 0 <= metrics["accuracy"] <= 1 and metrics["nll"] > 0
+    assert 0 <= metrics["ood_auroc"] <= 1 and set(metrics["ood_reference"]) == {"input", "minirocket"}  # as a cell
+    assert metrics["shift_nll"] > 0 and len(metrics["shift"]) == 12 and metrics["ood_scale"]["std_ratio"] > 0
     run = json.loads((out / "run.json").read_text())
     assert run["seed"] == 0 and run["config"]["guide"] == "map"
     post = Posterior.load(out / "posterior.pt")

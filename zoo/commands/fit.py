@@ -107,8 +107,8 @@ def write_results(out, args, dataset, posterior, num_samples):
                                    test=(test.x, test.y, test.mask), seed=args.seed)
         train_probs = stacked(arviz_io.group(idata, "posterior_predictive"), "probs")
         found = degeneracy.check(posterior, train.x, train.mask, probs=train_probs)
-        metrics = {**stored_metrics(idata), "fit_seconds": float(posterior.info.get("fit_seconds", 0.0)),
-                   **found.to_dict()}
+        metrics = {**stored_metrics(idata), **beyond_test(posterior, dataset, args.seed, num_samples),
+                   "fit_seconds": float(posterior.info.get("fit_seconds", 0.0)), **found.to_dict()}
         posterior.save(out.path("posterior.pt"), preprocessing=dataset.preprocessing)
         if posterior.point:
             import torch
@@ -123,6 +123,21 @@ def write_results(out, args, dataset, posterior, num_samples):
                              + (f"the fitted posterior is saved at {saved}" if saved
                                 else "the posterior could not be saved anywhere either")) from error
     return metrics, found
+
+
+def beyond_test(posterior, dataset, seed, num_samples):
+    """The OOD (with its scale and the model-free detector's AUROC) and shift metrics a study cell reports, through
+    the same ``zoo.evaluation`` path; the test metrics come from the stored InferenceData."""
+    from zoo import recipes
+    from zoo.evaluation import Sets, evaluate_all
+    from zoo.study.detectors import default_cache, detector_auroc
+
+    settings = {**recipes.EVALUATION, "samples": num_samples}
+    sets = Sets.build(dataset, seed, settings["shift_inputs"], detector_auroc(dataset, default_cache()))
+    metrics, shift, _ = evaluate_all(lambda x, mask, s: posterior.predict(x, s, mask), dataset, sets, settings)
+    keep = ("ood_auroc", "ood_aupr", "ood_auroc_mi", "ood_aupr_mi", "ood_reference", "ood_scale", "shift_accuracy",
+            "shift_nll")
+    return {**{k: metrics[k] for k in keep if k in metrics}, "shift": shift}
 
 
 def parse_options(items, guide):

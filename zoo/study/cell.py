@@ -5,9 +5,9 @@ from the cell's seed, sets the torch threads it was given, chooses the row's
 hyperparameters on a validation split (``select.py``), fits the winner on the whole
 training split, checks the fit for degeneracy on the training inputs (a constant
 predictive, a posterior on its prior: ``inference.degeneracy``), and evaluates it once
-on test (metrics, reliability), on the OOD set
-(AUROC) and on the shifted test sets (accuracy and NLL), all through
-``Posterior.predict``'s memory-bounded chunks. It returns plain data (a JSON-ready
+through ``zoo.evaluation.evaluate_all``, the path ``bzoo fit`` takes too: on test (metrics,
+reliability), on the OOD set (AUROC, and the set's scale) and on the shifted test sets
+(accuracy and NLL), all through ``Posterior.predict``'s memory-bounded chunks. It returns plain data (a JSON-ready
 record and the small arrays the statistics need); the caller writes them, so a
 cell never writes files on a remote worker. A library error (a diverged fit, a
 refused option) makes a failed cell that names it; anything else is a bug and raises.
@@ -25,22 +25,20 @@ import socket
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import pyro
 import torch
 
-from inference import degeneracy, evaluate, fit
+from inference import degeneracy, fit
 from inference.memory import limited
-from inference.metrics import accuracy, mean_probs, nll
+from inference.metrics import accuracy, nll
 
 from .. import recipes
 from ..cli import first_line
-from ..data.ood import ood_inputs
-from ..data.shift import shifts
+from ..evaluation import Sets, evaluate_all
 from .footprint import PeakSampler
 from .peers import PEERS
 from .plan import load_dataset, shapes_of
-from .select import candidates, choose, subset, validation_split, with_values
+from .select import candidates, choose, validation_split, with_values
 
 FAILURES = (ValueError, FloatingPointError)  # the library's own errors: FitError, DataError, NonFiniteError, ...
 EXTRA_METRICS = []
@@ -189,38 +187,10 @@ def fit_peer(row, dataset, seed, device, evaluation):
 
 
 @functools.lru_cache(maxsize=2)
-def ood_set(ref):
-    """``(x, mask)`` of the dataset's OOD inputs (``zoo.data.ood_inputs``)."""
-    return ood_inputs(dataset_for(ref))
-
-
-@functools.lru_cache(maxsize=2)
-def shift_sets(ref, seed, inputs):
-    """The graded shifts of at most ``inputs`` test series (drawn from ``seed``), or {} for token data."""
-    test = dataset_for(ref).test
-    if not test.x.is_floating_point():
-        return {}
-    if len(test) > inputs:
-        test = subset(test, torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:inputs].sort().values)
-    return shifts(test, seed=seed)
-
-
-def evaluate_cell(predict, ref, seed, evaluation):
-    """Metrics on test (with OOD scores) and under shift, and the test predictive mean [N, K]."""
-    test = dataset_for(ref).test
-    probs = predict(test.x, test.mask, evaluation["samples"]).cpu()
-    ood = ood_set(ref)
-    ood_probs = None if ood is None else predict(ood[0], ood[1], evaluation["samples"]).cpu()
-    metrics = evaluate(probs, test.y, ood_probs, evaluation["bins"])
-    metrics.setdefault("ood_auroc", None)
-    shift = {}
-    for key, split in shift_sets(ref, seed, evaluation["shift_inputs"]).items():
-        p = predict(split.x, split.mask, evaluation["shift_samples"]).cpu()
-        shift[key] = {"accuracy": accuracy(p, split.y), "nll": nll(p, split.y)}
-        del p
-    metrics["shift_accuracy"] = float(np.mean([s["accuracy"] for s in shift.values()])) if shift else None
-    metrics["shift_nll"] = float(np.mean([s["nll"] for s in shift.values()])) if shift else None
-    return metrics, shift, mean_probs(probs).float()
+def sets_for(ref, seed, shift_inputs):
+    """The OOD inputs (with their scale) and shifted test sets of a cell (``zoo.evaluation.Sets``); the model-free
+    detector is computed once per dataset by the report (``zoo.study.detectors``)."""
+    return Sets.build(dataset_for(ref), seed, shift_inputs)
 
 
 def run_cell(task):
@@ -253,9 +223,7 @@ def run_cell(task):
 def prepare(task):
     """Load the cell's data (cached per worker) before its memory is measured: the peak above start is the cell's."""
     try:
-        dataset_for(task["ref"])
-        ood_set(task["ref"])
-        shift_sets(task["ref"], task["seed"], task["evaluation"]["shift_inputs"])
+        sets_for(task["ref"], task["seed"], task["evaluation"]["shift_inputs"])
     except FAILURES:
         pass  # the cell itself reports it
 
@@ -274,7 +242,8 @@ def _run(task):
                 "degeneracy": degeneracy.check(posterior, dataset.train.x, dataset.train.mask).to_dict()}
     seed_everything(seed)  # the evaluation's draws do not depend on how many the fit took
     started = time.perf_counter()
-    metrics, shift, test_probs = evaluate_cell(predict, task["ref"], seed, evaluation)
+    sets = sets_for(task["ref"], seed, evaluation["shift_inputs"])
+    metrics, shift, test_probs = evaluate_all(predict, dataset, sets, evaluation)
     predict_seconds = time.perf_counter() - started
     context = CellContext(dataset, seed, row, predict, test_probs)
     extra = {}

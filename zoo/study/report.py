@@ -14,6 +14,7 @@ from .. import recipes
 from . import stats
 from .folder import write_json
 from .footprint import show
+from .detectors import detector_aurocs
 from .plan import slug
 
 CD_METRICS = ("accuracy", "nll", "ece", "ood_auroc", "shift_nll")
@@ -52,6 +53,7 @@ def write(plan, folder, cells, missing=(), remaining_cpu_seconds=None):
     """Write results.json, results.md and the plots; return the results dict. ``missing``: the names of the
     plan's cells not yet run (a partial report), ``remaining_cpu_seconds`` a rough estimate of their cost."""
     add_reference_distances(plan, folder, cells)
+    detectors = detector_aurocs(plan, folder) if cells else {}
     metrics = metrics_of(cells)
     datasets = [d["id"] for d in plan.datasets]
     methods = [r["label"] for r in plan.rows]
@@ -81,11 +83,42 @@ def write(plan, folder, cells, missing=(), remaining_cpu_seconds=None):
                "peak_memory": None if peak is None else {"peak_rss": peak["memory"]["peak_rss"],
                                                          "cell": cell_name(peak)},
                "failed": [{"cell": cell_name(c), "error": c.get("error")} for c in cells if c.get("status") != "ok"],
-               "missing": list(missing), "remaining_cpu_seconds": remaining_cpu_seconds}
+               "missing": list(missing), "remaining_cpu_seconds": remaining_cpu_seconds,
+               "ood": {d: {"reference_auroc": detectors.get(d), "scale": ood_scale(ok, d)} for d in datasets}}
     plots = reliability_plots(folder, ok, datasets, methods) + [cost_plot(folder, summary, datasets, methods)]
     write_json(folder.path("results.json"), results)
     folder.path("results.md").write_text(markdown(plan, results, metrics, plots))
     return results
+
+
+def ood_scale(cells, dataset):
+    """The OOD set's scale against the test set's (``zoo.data.ood.scale``), the same in every cell of a dataset."""
+    return next((c["ood_scale"] for c in cells if c["dataset"] == dataset and c.get("ood_scale")), None)
+
+
+def ood_lines(dataset, results):
+    """What a reader needs beside a dataset's OOD AUROCs: the set's scale, a model-free detector's AUROC, and why
+    any AUROC is below 0.5."""
+    ood = results["ood"].get(dataset) or {}
+    reference, scale = ood.get("reference_auroc"), ood.get("scale")
+    if not reference and not scale:
+        return []
+    text = "OOD set: " + (f"its standard deviation is {scale['std_ratio']:.3g} x the test set's and its mean "
+                          f"{scale['mean_offset']:+.3g} test standard deviations off; " if scale else "")
+    if reference:
+        text += ("a model-free detector (distance to the 5th nearest training series) tells it from test with "
+                 + ", ".join(f"AUROC {v:.3f} in {'input space' if k == 'input' else k + ' features'}"
+                             for k, v in reference.items()) + ".")
+    below = sorted(m for m, e in results["summary"].get(dataset, {}).items()
+                   if (e.get("ood_auroc") or {}).get("mean") is not None and e["ood_auroc"]["mean"] < 0.5)
+    if below:
+        easy = reference and max(reference.values()) > 0.5
+        text += (f" Below 0.5 ({', '.join(below)}): these predictives are *more* confident on the OOD inputs "
+                 f"than on test inputs" + (", although the detector separates the two sets: overconfident "
+                                           "extrapolation, not an OOD set too close to the data." if easy else
+                                           ", and the detector cannot separate the sets either: the OOD inputs "
+                                           "lie among the training series."))
+    return ["", text]
 
 
 def cell_name(cell):
@@ -201,6 +234,7 @@ def markdown(plan, results, metrics, plots):
         for m in results["study"]["methods"]:
             if m in table:
                 lines.append(f"| {m} | " + " | ".join(mean_pm(table[m].get(c)) for c in cols) + " |")
+        lines += ood_lines(d, results)
     lines += ["", "## Across datasets", ""]
     if results["across_datasets"]:
         ranked = [k for k in CD_METRICS if k in results["across_datasets"]]
