@@ -5,10 +5,12 @@ fast) and loaded from those exact files with their official train/test split, so
 nothing is ever downloaded. Every loader returns a ``Dataset``: train and test ``Split``s of float32 [N, T, C]
 (or int64 tokens [N, T]) inputs, int64 labels 0..K-1, and a boolean mask [N, T]
 when sequences differ in length. Inputs are standardized per channel with
-training-set statistics, recorded in ``preprocessing``.
+training-set statistics, recorded in ``preprocessing`` (``standardize`` says what it refuses).
 """
 import functools
 import importlib.util
+import math
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -244,13 +246,20 @@ def _pad(seqs):
     return out, mask
 
 
-def build(name, xtr, ytr, xte, yte):
-    """Standardize inputs with train statistics and map labels to 0..K-1."""
+def build(name, xtr, ytr, xte, yte, source=None, locate=None):
+    """Standardize inputs with train statistics (``standardize``) and map labels to 0..K-1.
+
+    ``source`` begins every refusal and warning (default: ``name``); ``locate(split, i, t, c)``
+    names value [i, t, c] of split 0 (train) or 1 (test) in them, as its file would
+    (default: "train series i, step t, channel c").
+    """
+    source = source or name
+    locate = locate or (lambda k, i, t, c: f"{('train', 'test')[k]} series {i}, step {t}, channel {c}")
     classes = sorted(set(np.asarray(ytr).tolist()), key=_label_key)
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(np.asarray(yte).tolist()) - set(classes), key=_label_key)
     if unknown:
-        raise DataError(f"{name}: test labels {unknown[:5]} do not occur in the training labels")
+        raise DataError(f"{source}: test labels {unknown[:5]} do not occur in the training labels")
     splits, pre = [], {}
     for x, y in ((xtr, ytr), (xte, yte)):
         mask = None
@@ -260,15 +269,8 @@ def build(name, xtr, ytr, xte, yte):
         if x.ndim == 2 and np.issubdtype(x.dtype, np.floating):
             x = x[..., None]
         splits.append([x, np.array([index[v] for v in np.asarray(y).tolist()]), mask])
-    (xtr, _, mtr), (xte, _, mte) = splits
-    if np.issubdtype(xtr.dtype, np.floating):
-        valid = xtr[mtr] if mtr is not None else xtr.reshape(-1, xtr.shape[-1])
-        mean, std = valid.mean(0), valid.std(0) + 1e-8
-        pre = {"mean": mean.tolist(), "std": std.tolist()}
-        for sp in splits:
-            sp[0] = ((sp[0] - mean) / std).astype(np.float32)
-            if sp[2] is not None:
-                sp[0][~sp[2]] = 0.0
+    if np.issubdtype(splits[0][0].dtype, np.floating):
+        pre = standardize(splits, source, locate)
     t = max(splits[0][0].shape[1], splits[1][0].shape[1])
     out = []
     for x, y, mask in splits:
@@ -276,6 +278,56 @@ def build(name, xtr, ytr, xte, yte):
         out.append(Split(torch.as_tensor(x), torch.as_tensor(y, dtype=torch.long),
                          None if mask is None else torch.as_tensor(mask)))
     return Dataset(name, out[0], out[1], len(classes), classes, pre)
+
+
+def standardize(splits, source, locate):
+    """Scale each [x, y, mask] of ``splits`` in place to float32 (x - mean) / std; returns {"mean", "std"}.
+
+    The per-channel statistics are those of the training values (``splits[0]``, mask applied),
+    computed in float64. Refused with a DataError naming the value: a NaN or infinity; a
+    training value that makes a channel's mean or std overflow float64 (such as 1e308, or
+    anything beyond about 1e154, whose square overflows); a value that lands beyond float32
+    once standardized. A training channel that is constant (max == min: its float64 std is then
+    rounding noise, not always 0) or whose variance underflows to 0 warns, and is centred on
+    its value with std 1 instead of being divided by zero.
+    """
+    for k, (x, _, _) in enumerate(splits):  # padding is 0, so finite
+        bad = np.argwhere(~np.isfinite(x))
+        if len(bad):
+            total = sum(int((~np.isfinite(s[0])).sum()) for s in splits)
+            i, t, c = bad[0].tolist()
+            raise DataError(f"{source}: {locate(k, i, t, c)} is {x[i, t, c]}, not a finite number ({total} NaN or "
+                            f"infinite value{'s' * (total > 1)} in all); impute or drop them")
+    x, _, mask = splits[0]
+    valid = (x[mask] if mask is not None else x.reshape(-1, x.shape[-1])).astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = valid.mean(0), valid.std(0)
+    for c in np.flatnonzero(~np.isfinite(mean) | ~np.isfinite(std)):
+        i, t = np.unravel_index(np.argmax(np.abs(x[..., c])), x.shape[:2])
+        raise DataError(f"{source}: {locate(0, i, t, c)} is {x[i, t, c]:g}, which makes channel {c}'s training "
+                        f"{'mean' if not np.isfinite(mean[c]) else 'standard deviation'} overflow float64; "
+                        f"rescale the channel or drop the value")
+    lo, hi = valid.min(0), valid.max(0)
+    flat = (hi == lo) | (std == 0)
+    for c in np.flatnonzero(flat):
+        warnings.warn(f"{source}: channel {c} has zero variance on the training data "
+                      f"({'every value is ' + format(lo[c], 'g') if hi[c] == lo[c] else 'its variance underflows'}); "
+                      f"it is centred but not scaled, and carries no information", stacklevel=3)
+    mean, std = np.where(hi == lo, lo, mean), np.where(flat, 1.0, std)
+    for k, split in enumerate(splits):
+        x, _, mask = split
+        with np.errstate(over="ignore"):
+            z = ((x.astype(np.float64) - mean) / std).astype(np.float32)
+        if mask is not None:
+            z[~mask] = 0.0
+        beyond = np.argwhere(~np.isfinite(z))
+        if len(beyond):
+            i, t, c = beyond[0].tolist()
+            raise DataError(f"{source}: {locate(k, i, t, c)} is {x[i, t, c]:g}, too far from channel {c}'s training "
+                            f"mean {mean[c]:g} (std {std[c]:g}) to hold in float32 once standardized; "
+                            f"rescale the channel or drop the value")
+        split[0] = z
+    return {"mean": mean.tolist(), "std": std.tolist()}
 
 
 def _pad_to(x, mask, t):
@@ -289,7 +341,10 @@ def _pad_to(x, mask, t):
 
 
 def _label_key(v):
+    """Labels that are finite numbers (or their text) in numeric order, then the rest; ties ("1", "1.0") by text,
+    so class numbers never depend on set order."""
     try:
-        return (0, float(v))
+        number = float(v)
     except (TypeError, ValueError):
-        return (1, str(v))
+        number = math.nan
+    return (0, number, str(v)) if math.isfinite(number) else (1, 0.0, str(v))
