@@ -56,27 +56,35 @@ def fit_options(method, **overrides):
 #            product). Each candidate is fitted on the training split less the validation split and
 #            scored by validation NLL; the lowest (first on ties) is refitted on the whole training
 #            split and evaluated on test once (zoo/study/select.py, docs/study.md).
-# Temperatures are selected, not set: T = 1 collapses weight-space VI to the prior on small sets,
-# and which colder T fits is a property of the data, found on validation. The GP attention rows use the sgpa
-# prior's signal scale 0.1, chosen by 3-fold cross-validation on ItalyPowerDemand's training series
+# Equal selection budgets: every ranked row selects among SELECTION_BUDGET settings of the one knob that matters most
+# for it, so the ranks compare methods, not how much tuning each got (docs/study.md): lr for MAP, the ensemble and the
+# plain and laplace-torch peers; the temperature for weight-space VI (T = 1 collapses it to the prior on small sets,
+# and which colder T fits is a property of the data); the prior scale (prior precision) for Laplace and the
+# last-layer posterior; the dropout rate for MC dropout; the KL weight (the likelihood temperature) for the attention
+# and GP-attention rows; the GP prior's lengthscale for FSVI. MiniRocket selects its ridge penalty by its own
+# internal cross-validation and is reported beside the ranking, not in it ("ranked": False). The GP attention rows
+# use the sgpa prior's signal scale 0.1, chosen by 3-fold cross-validation on ItalyPowerDemand's training series
 # (docs/gp-attention.md).
-TEMPERATURES = [1.0, 0.3, 0.1, 0.03, 0.01]
+SELECTION_BUDGET = 3
+LRS = [1e-3, 3e-3, 1e-2]
+TEMPERATURES = [1.0, 0.1, 0.01]
+KL_WEIGHTS = [1.0, 0.3, 0.1]
+PRIOR_SCALES = ["gaussian:scale=0.3", "gaussian:scale=1", "gaussian:scale=3"]
 STUDY = [
-    {"label": "map", "guide": "map"},
+    {"label": "map", "guide": "map", "select": {"lr": LRS}},
     {"label": "mean_field", "guide": "mean_field", "select": {"temperature": TEMPERATURES}},
     {"label": "low_rank", "guide": "low_rank", "select": {"temperature": TEMPERATURES}},
-    {"label": "last-layer mean_field", "guide": "mean_field", "bayes": "last-layer",
-     "select": {"prior": ["gaussian:scale=0.3", "gaussian:scale=1", "gaussian:scale=3"]}},
-    {"label": "dirichlet attention", "guide": "dirichlet", "bayes": "attention"},
-    {"label": "bam attention", "guide": "bam", "bayes": "bam"},
-    {"label": "sgpa attention", "guide": "sgpa", "bayes": "sgpa"},
-    {"label": "sgpa-decoupled attention", "guide": "sgpa-decoupled", "bayes": "sgpa-decoupled"},
-    {"label": "kep-svgp attention", "guide": "kep-svgp", "bayes": "kep-svgp"},
-    {"label": "laplace", "guide": "laplace"},
-    {"label": "ensemble", "guide": "ensemble"},
+    {"label": "last-layer mean_field", "guide": "mean_field", "bayes": "last-layer", "select": {"prior": PRIOR_SCALES}},
+    {"label": "dirichlet attention", "guide": "dirichlet", "bayes": "attention", "select": {"temperature": KL_WEIGHTS}},
+    {"label": "bam attention", "guide": "bam", "bayes": "bam", "select": {"temperature": KL_WEIGHTS}},
+    {"label": "sgpa attention", "guide": "sgpa", "bayes": "sgpa", "select": {"temperature": KL_WEIGHTS}},
+    {"label": "sgpa-decoupled attention", "guide": "sgpa-decoupled", "bayes": "sgpa-decoupled",
+     "select": {"temperature": KL_WEIGHTS}},
+    {"label": "kep-svgp attention", "guide": "kep-svgp", "bayes": "kep-svgp", "select": {"temperature": KL_WEIGHTS}},
+    {"label": "laplace", "guide": "laplace", "select": {"prior": PRIOR_SCALES}},
+    {"label": "ensemble", "guide": "ensemble", "select": {"lr": LRS}},
     {"label": "mc_dropout", "guide": "mc_dropout", "select": {"model.dropout": [0.05, 0.1, 0.2]}},
     # Function-space VI at T = 1: a GP prior over the logits instead of a weight prior (docs/function-space.md).
-    # "select" names a grid for a row key, chosen on validation: here the GP's lengthscale.
     {"label": "fsvi (GP prior)", "guide": "fsvi", "prior": "gp:kernel=rbf,lengthscale=1",
      "select": {"prior": [f"gp:kernel=rbf,lengthscale={v}" for v in (0.5, 1, 2)]}},
     {"label": "last-layer fsvi (GP prior)", "guide": "fsvi", "bayes": "last-layer",
@@ -92,26 +100,27 @@ STUDY = [
 ADAPTER = "lora:rank=4,alpha=8"
 LORA_STUDY = [
     {"label": "LoRA map", "guide": "map", "adapter": ADAPTER, "backbone": "pretrained",
-     "options": {"steps": 1000, "lr": 1e-2}, "select": {"lr": [3e-3, 1e-2]}},
+     "options": {"steps": 1000, "lr": 1e-2}, "select": {"lr": [3e-3, 1e-2, 3e-2]}},
     {"label": "LoRA mean_field", "guide": "mean_field", "bayes": "adapters", "adapter": ADAPTER,
      "backbone": "pretrained", "options": {"steps": 2000, "lr": 1e-2},
-     "select": {"prior": ["gaussian:scale=0.1", "gaussian:scale=1"]}},
+     "select": {"prior": ["gaussian:scale=0.1", "gaussian:scale=0.3", "gaussian:scale=1"]}},
     {"label": "BLoB", "guide": "blob", "bayes": "adapters", "adapter": ADAPTER, "backbone": "pretrained",
-     "options": {"steps": 2000, "lr": 1e-2}, "select": {"prior": ["gaussian:scale=0.2", "gaussian:scale=1"]}},
+     "options": {"steps": 2000, "lr": 1e-2},
+     "select": {"prior": ["gaussian:scale=0.1", "gaussian:scale=0.2", "gaussian:scale=1"]}},
     {"label": "Laplace-LoRA", "guide": "laplace_lora", "bayes": "adapters", "adapter": ADAPTER,
-     "backbone": "pretrained", "options": {"steps": 1000, "lr": 1e-2}},
+     "backbone": "pretrained", "options": {"steps": 1000, "lr": 1e-2}, "select": {"lr": [3e-3, 1e-2, 3e-2]}},
     {"label": "SWAG-LoRA", "guide": "swag_lora", "adapter": ADAPTER, "backbone": "pretrained",
      "options": {"steps": 1000, "lr": 1e-2}, "select": {"swag_lr": [3e-3, 1e-2, 3e-2]}},
     {"label": "LoRA ensemble", "guide": "lora_ensemble", "adapter": ADAPTER, "backbone": "pretrained",
-     "options": {"steps": 1000, "lr": 1e-2, "num_members": 5}},
+     "options": {"steps": 1000, "lr": 1e-2, "num_members": 5}, "select": {"lr": [3e-3, 1e-2, 3e-2]}},
     {"label": "full fine-tune map", "guide": "map", "adapter": "full", "backbone": "pretrained",
-     "options": {"steps": 1000, "lr": 1e-3}},
+     "options": {"steps": 1000, "lr": 1e-3}, "select": {"lr": [3e-4, 1e-3, 3e-3]}},
 ]
 # The peers of `bzoo study` (zoo/study/peers.py): {"label", "peer": a name in PEERS, "options": {...}}.
 STUDY_PEERS = [
-    {"label": "plain", "peer": "plain"},
-    {"label": "minirocket", "peer": "minirocket"},
-    {"label": "laplace-torch", "peer": "laplace-torch"},
+    {"label": "plain", "peer": "plain", "select": {"lr": LRS}},
+    {"label": "minirocket", "peer": "minirocket", "ranked": False},
+    {"label": "laplace-torch", "peer": "laplace-torch", "select": {"lr": LRS}},
 ]
 # How the study evaluates a cell (docs/study.md): posterior draws on test and OOD inputs; on each of
 # the 12 shifted test sets, fewer draws on at most `shift_inputs` test series (their metrics are
@@ -136,7 +145,7 @@ SWEEP_GRID = 3
 # settings serve sampler="nuts" and `bzoo bench nuts` (docs/reference.md has how both were chosen;
 # energy_var 5e-5, not BlackJAX's 5e-4: at 5e-4 the predictive still moves with the step size; 300 draws per
 # chain, not 150: at 150 the lowest function-space ESS was 128-155, at 300 it is 197-203).
-REFERENCE = {"label": "reference", "guide": "reference", "model": {"d_model": 8, "depth": 1, "heads": 2},
+REFERENCE = {"label": "reference", "guide": "reference", "ranked": False, "model": {"d_model": 8, "depth": 1, "heads": 2},
              "options": {"sampler": "mclmc", "num_members": 8, "num_chains": 32, "warmup": 1000, "num_samples": 300,
                          "thin": 20, "energy_var": 5e-5, "max_tree_depth": 6, "dense_mass": True, "jit_compile": True,
                          "workers": 2, "steps": 500, "lr": 1e-2}}

@@ -17,6 +17,7 @@ refused option) makes a failed cell that names it; anything else is a bug and ra
 ``CellContext`` (dataset, seed, row, ``predict``, the test probabilities), and its
 numbers are stored under the cell's ``extra`` and summarized like every metric.
 """
+import dataclasses
 import functools
 import inspect
 import math
@@ -121,7 +122,7 @@ def fit_options(row, shapes, n, evaluation):
 
 
 def fit_row(row, dataset, train, seed, device, evaluation):
-    """``(posterior, seconds)``: the row's model built from ``seed`` and fitted on ``train``."""
+    """``(predict, seconds, posterior)``: the row's model built from ``seed`` and fitted on ``train``."""
     seed_everything(seed)
     shapes = shapes_of(dataset)
     if row.get("adapter"):  # the backbone pretrained without this dataset, cached across cells and seeds
@@ -133,33 +134,47 @@ def fit_row(row, dataset, train, seed, device, evaluation):
     started = time.perf_counter()
     posterior = fit(model, train, guide=row["guide"], seed=seed, device=device, progress=False,
                     **fit_options(row, shapes, len(train), evaluation))
-    return posterior, time.perf_counter() - started
+    return posterior_predict(posterior), time.perf_counter() - started, posterior
 
 
 def posterior_predict(posterior):
     return lambda x, mask, s: posterior.predict(x, s, mask)
 
 
-def select_and_fit(row, dataset, seed, device, evaluation):
-    """Choose the row's hyperparameters on validation, refit the winner on all of training.
+def fit_peer(row, dataset, train, seed, device, evaluation):
+    """``(predict, fit_seconds, info)``: a peer fitted on ``train``, its steps scaled and draws as the study's."""
+    fitter = PEERS[row["peer"]]
+    accepted = inspect.signature(fitter).parameters
+    shapes = shapes_of(dataset)
+    options = {k: v for k, v in fit_options(row, shapes, len(train), evaluation).items() if k in accepted}
+    if "num_samples" in accepted:
+        options.setdefault("num_samples", evaluation["samples"])
+    seed_everything(seed)
+    peer = fitter(dataclasses.replace(dataset, train=train), model_options(shapes, row), seed, device, **options)
+    return (lambda x, mask, s: peer.predict(x, mask)), peer.fit_seconds, to_json_info(peer.info)
 
-    Returns ``(posterior, fit_seconds, selected, selection)``; ``fit_seconds`` counts every
-    candidate's fit, its validation prediction and the refit.
+
+def select_and_fit(row, dataset, seed, device, evaluation):
+    """Choose the row's (or peer's) hyperparameters on validation, refit the winner on all of training.
+
+    Returns ``(predict, fit_seconds, fitted, selected, selection)``, ``fitted`` the posterior of a row or the
+    info of a peer; ``fit_seconds`` counts every candidate's fit, its validation prediction and the refit.
     """
-    grid = candidates(row)
+    fit_on = fit_peer if "peer" in row else fit_row
     if not row.get("select"):
-        posterior, seconds = fit_row(row, dataset, dataset.train, seed, device, evaluation)
-        return posterior, seconds, {}, None
+        predict, seconds, fitted = fit_on(row, dataset, dataset.train, seed, device, evaluation)
+        return predict, seconds, fitted, {}, None
+    grid = candidates(row)
     started = time.perf_counter()
     part, val, _ = validation_split(dataset.train, seed, evaluation["validation_fraction"])
     scores = []
     for values in grid:
         entry = {"values": values}
         try:
-            posterior, entry["fit_seconds"] = fit_row(with_values(row, values), dataset, part, seed, device,
+            predict, entry["fit_seconds"], _ = fit_on(with_values(row, values), dataset, part, seed, device,
                                                       evaluation)
             seed_everything(seed)
-            probs = posterior.predict(val.x, evaluation["samples"], val.mask)
+            probs = predict(val.x, val.mask, evaluation["samples"])
             entry.update(nll=nll(probs, val.y.to(probs.device)), accuracy=accuracy(probs, val.y.to(probs.device)))
         except FAILURES as e:
             entry.update(nll=float("inf"), error=first_line(e))
@@ -167,23 +182,10 @@ def select_and_fit(row, dataset, seed, device, evaluation):
     best = choose([c["nll"] for c in scores])
     if best is None:
         raise ValueError(f"every candidate of row '{row['label']}' failed; first: {scores[0].get('error')}")
-    posterior, seconds = fit_row(with_values(row, grid[best]), dataset, dataset.train, seed, device, evaluation)
+    predict, _, fitted = fit_on(with_values(row, grid[best]), dataset, dataset.train, seed, device, evaluation)
     selection = {"metric": "validation nll", "validation_size": len(val), "fit_size": len(part),
                  "fraction": evaluation["validation_fraction"], "candidates": scores, "refit": True}
-    return posterior, time.perf_counter() - started, grid[best], selection
-
-
-def fit_peer(row, dataset, seed, device, evaluation):
-    """A peer fitted on all of training: ``(predict, fit_seconds, info)``, its steps scaled and draws as the study's."""
-    fitter = PEERS[row["peer"]]
-    accepted = inspect.signature(fitter).parameters
-    shapes = shapes_of(dataset)
-    options = {k: v for k, v in fit_options(row, shapes, len(dataset.train), evaluation).items() if k in accepted}
-    if "num_samples" in accepted:
-        options.setdefault("num_samples", evaluation["samples"])
-    seed_everything(seed)
-    peer = fitter(dataset, model_options(shapes, row), seed, device, **options)
-    return (lambda x, mask, s: peer.predict(x, mask)), peer.fit_seconds, to_json_info(peer.info)
+    return predict, time.perf_counter() - started, fitted, grid[best], selection
 
 
 @functools.lru_cache(maxsize=2)
@@ -232,14 +234,12 @@ def _run(task):
     row, seed, evaluation = task["row"], task["seed"], task["evaluation"]
     dataset = dataset_for(task["ref"])
     device = torch.device(task["device"])
+    predict, fit_seconds, fitted, selected, selection = select_and_fit(row, dataset, seed, device, evaluation)
     if "peer" in row:
-        predict, fit_seconds, info = fit_peer(row, dataset, seed, device, evaluation)
-        selected, selection = {}, None
+        info = fitted
     else:
-        posterior, fit_seconds, selected, selection = select_and_fit(row, dataset, seed, device, evaluation)
-        predict = posterior_predict(posterior)
-        info = {"trained_parameters": trained_parameters(row, dataset), **convergence_of(posterior, dataset.test),
-                "degeneracy": degeneracy.check(posterior, dataset.train.x, dataset.train.mask).to_dict()}
+        info = {"trained_parameters": trained_parameters(row, dataset), **convergence_of(fitted, dataset.test),
+                "degeneracy": degeneracy.check(fitted, dataset.train.x, dataset.train.mask).to_dict()}
     seed_everything(seed)  # the evaluation's draws do not depend on how many the fit took
     started = time.perf_counter()
     sets = sets_for(task["ref"], seed, evaluation["shift_inputs"])

@@ -128,8 +128,10 @@ def resolve_row(row):
         options = {**{k: v for k, v in recipes.FIT["map"].items() if k in accepted}, **row.get("options", {})}
         defaults = {k: p.default for k, p in accepted.items()  # in the key, so a changed default reruns the cell
                     if p.default is not p.empty and k not in options and k not in ("model_options", "seed", "device")}
+        check_row(row)
         return {"label": row["label"], "peer": row["peer"], "model": model, "options": options,
-                "defaults": defaults}
+                "defaults": defaults, "select": row.get("select"),
+                **({"ranked": False} if row.get("ranked") is False else {})}
     check_row(row)
     if row.get("adapter"):  # the backbone's architecture, not MODEL, sizes an adapter row
         return {"label": row["label"], "guide": row["guide"], "bayes": row.get("bayes", "weights"),
@@ -139,7 +141,7 @@ def resolve_row(row):
     return {"label": row["label"], "guide": row["guide"], "bayes": row.get("bayes", "weights"),
             "prior": row.get("prior", recipes.PRIOR), "attention_prior": row.get("attention_prior"),
             "model": model, "options": recipes.fit_options(row["guide"], **row.get("options", {})),
-            "select": row.get("select")}
+            "select": row.get("select"), **({"ranked": False} if row.get("ranked") is False else {})}
 
 
 @dataclass

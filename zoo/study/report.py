@@ -57,14 +57,15 @@ def write(plan, folder, cells, missing=(), remaining_cpu_seconds=None):
     metrics = metrics_of(cells)
     datasets = [d["id"] for d in plan.datasets]
     methods = [r["label"] for r in plan.rows]
+    ranked = [r["label"] for r in plan.rows if r.get("ranked", True)]  # equal selection budgets only
     summary = stats.summarize(cells, metrics)
     across = {}
     for metric in CD_METRICS:
         higher = stats.METRICS[metric]
-        scores = stats.matrix(summary, metric, datasets, methods)
-        present = [j for j in range(len(methods)) if not np.isnan(scores[:, j]).all()]
+        scores = stats.matrix(summary, metric, datasets, ranked)
+        present = [j for j in range(len(ranked)) if not np.isnan(scores[:, j]).all()]
         full = stats.complete(scores[:, present])
-        labels = [methods[j] for j in present]
+        labels = [ranked[j] for j in present]
         if not len(labels):
             continue
         entry = {"datasets": int(len(full)), "average_ranks": dict(zip(labels, stats.ranks(full, higher).mean(0)))
@@ -220,7 +221,9 @@ def markdown(plan, results, metrics, plots):
               "|---|---|---|---|---|---|"]
     for r in plan.rows:
         if "peer" in r:
-            lines.append(f"| {r['label']} | peer | | {r['peer']} | {json.dumps(r['options']) if r['options'] else ''} | |")
+            grid = json.dumps(r["select"]) if r.get("select") else "its own internal cross-validation (not ranked)"
+            lines.append(f"| {r['label']} | peer | | {r['peer']} | {json.dumps(r['options']) if r['options'] else ''} "
+                         f"| {grid} |")
         else:
             lines.append(f"| {r['label']} | {r['bayes']} | {r['prior']} | {r['guide']} | "
                          f"{json.dumps(r['options'])} | {json.dumps(r['select']) if r['select'] else ''} |")
@@ -238,9 +241,12 @@ def markdown(plan, results, metrics, plots):
     lines += ["", "## Across datasets", ""]
     if results["across_datasets"]:
         ranked = [k for k in CD_METRICS if k in results["across_datasets"]]
-        lines += ["Average rank (1 = best) over the datasets where every method has the metric.", "",
+        lines += ["Average rank (1 = best) over the datasets where every ranked method has the metric; every ranked "
+                  "method selected among the same number of settings on validation (`recipes.SELECTION_BUDGET`).",
+                  "",
                   "| method | " + " | ".join(f"{COLUMNS[k]} rank" for k in ranked) + " |", "|---|" + "---|" * len(ranked)]
-        for m in results["study"]["methods"]:
+        for m in [m for m in results["study"]["methods"] if any(m in results["across_datasets"][k]["average_ranks"]
+                                                                 for k in ranked)]:
             lines.append(f"| {m} | " + " | ".join(fmt(results["across_datasets"][k]["average_ranks"].get(m), 3)
                                                  for k in ranked) + " |")
         lines.append("")
