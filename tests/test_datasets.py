@@ -1,4 +1,5 @@
 """Every shipped dataset: discovered from aeon's data folder, loaded with its official split, standardized on train."""
+import numpy as np
 import pytest
 import torch
 
@@ -114,3 +115,18 @@ def test_every_dataset_fits_and_predicts_with_the_default_model_and_patch(name):
         posterior = fit(model, train, guide=guide, steps=1, progress=False, **options)
         probs = posterior.predict(test.x, 3, test.mask)
         assert probs.shape[-2:] == (8, ds.num_classes) and torch.isfinite(probs).all(), guide
+
+
+def test_fitted_preprocessing_comes_from_the_training_split_alone():
+    """Standardization and the vocabulary are fitted on training: changing the test split changes neither."""
+    from zoo.study.plan import shapes_of
+
+    rng = np.random.default_rng(0)
+    xtr, xte, y = rng.normal(size=(20, 6, 2)), rng.normal(size=(8, 6, 2)), np.arange(20) % 2
+    a, b = data.build("a", xtr, y, xte, y[:8]), data.build("b", xtr, y, 100 * xte + 7, y[:8])
+    assert a.preprocessing == b.preprocessing and torch.equal(a.train.x, b.train.x)
+    tokens = rng.integers(0, 5, size=(20, 6))
+    small = data.build("t", tokens, y, rng.integers(0, 5, size=(8, 6)), y[:8])
+    large = data.build("t", tokens, y, rng.integers(0, 50, size=(8, 6)), y[:8])
+    assert small.vocab_size == large.vocab_size == tokens.max() + 2  # the training ids and one for unseen ids
+    assert shapes_of(small)["vocab"] == shapes_of(large)["vocab"] and large.test.x.max() == tokens.max() + 1

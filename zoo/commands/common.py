@@ -124,7 +124,7 @@ def build_model(args, dataset, prior=None, bayes=None):
         raise UserError(f"--patch {args.patch} has no effect on token data ({dataset.name} holds token ids)")
     model = TransformerClassifier(
         dataset.num_classes, input_dim=dataset.input_dim,
-        vocab_size=int(max(dataset.train.x.max(), dataset.test.x.max())) + 1 if dataset.tokens else None,
+        vocab_size=dataset.vocab_size,
         d_model=args.d_model, depth=args.depth, heads=args.heads, mlp_ratio=args.mlp_ratio,
         max_len=max(512, dataset.max_len), dropout=args.dropout,
         patch=args.patch or (1 if dataset.tokens else default_patch(dataset.max_len)), bayes=bayes or args.bayes,

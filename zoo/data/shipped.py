@@ -73,6 +73,13 @@ class Dataset:
         return None if self.tokens else self.train.x.shape[-1]
 
     @property
+    def vocab_size(self):
+        """Token data: ids the model embeds (the training vocabulary and one id for unseen ids); None otherwise."""
+        if not self.tokens:
+            return None
+        return self.preprocessing.get("vocab_size", int(self.train.x.max()) + 1)
+
+    @property
     def tokens(self):
         return not self.train.x.is_floating_point()
 
@@ -271,6 +278,8 @@ def build(name, xtr, ytr, xte, yte, source=None, locate=None):
         splits.append([x, np.array([index[v] for v in np.asarray(y).tolist()]), mask])
     if np.issubdtype(splits[0][0].dtype, np.floating):
         pre = standardize(splits, source, locate)
+    else:
+        pre = vocabulary(splits)
     t = max(splits[0][0].shape[1], splits[1][0].shape[1])
     out = []
     for x, y, mask in splits:
@@ -278,6 +287,16 @@ def build(name, xtr, ytr, xte, yte, source=None, locate=None):
         out.append(Split(torch.as_tensor(x), torch.as_tensor(y, dtype=torch.long),
                          None if mask is None else torch.as_tensor(mask)))
     return Dataset(name, out[0], out[1], len(classes), classes, pre)
+
+
+def vocabulary(splits):
+    """Token ids: the vocabulary is the training split's alone (ids 0..max seen in training) plus one id for
+    every id unseen there, to which test ids beyond it are mapped in place; returns {"vocab_size", "unknown_id"}.
+    Nothing about the model's input then depends on the test split."""
+    (xtr, _, mtr), (xte, _, mte) = splits
+    seen = int(xtr[mtr].max() if mtr is not None else xtr.max()) if xtr.size else 0
+    splits[1][0] = np.where(xte > seen, seen + 1, xte)
+    return {"vocab_size": seen + 2, "unknown_id": seen + 1}
 
 
 def standardize(splits, source, locate):

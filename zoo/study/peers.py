@@ -49,8 +49,7 @@ class Predictor:
 def network_options(dataset, model_options):
     """``PlainTransformer`` keyword arguments for ``dataset``: its input (channels or vocabulary) and the model size."""
     if dataset.tokens:
-        vocab = int(max(dataset.train.x.max(), dataset.test.x.max())) + 1
-        return {"input_dim": None, "vocab_size": vocab, **model_options}
+        return {"input_dim": None, "vocab_size": dataset.vocab_size, **model_options}
     return {"input_dim": dataset.input_dim, **model_options}
 
 

@@ -99,7 +99,7 @@ def dataset_entry(ref):
 
 def shapes_of(dataset):
     """What a model and a memory estimate need to know of a dataset: sizes, length, channels, classes, vocabulary."""
-    vocab = int(max(dataset.train.x.max(), dataset.test.x.max())) + 1 if dataset.tokens else None
+    vocab = dataset.vocab_size  # from the training split alone
     return {"n_train": len(dataset.train), "n_test": len(dataset.test), "length": dataset.max_len,
             "channels": dataset.input_dim or 1, "classes": dataset.num_classes, "tokens": dataset.tokens,
             "vocab": vocab}
