@@ -374,3 +374,21 @@ def test_every_ranked_row_selects_among_the_same_number_of_settings():
             assert len(candidates(row)) == recipes.SELECTION_BUDGET, row["label"]
         else:
             assert not row.get("select"), row["label"]
+
+
+def test_a_copy_of_a_study_folder_elsewhere_reuses_every_cell_and_reports_from_its_study_json(tmp_path, tiny_rows,
+                                                                                               capsys):
+    """Cell keys hold no path or host name: the committed sweep, cloned anywhere, is reused and reported as is."""
+    import shutil
+
+    first = tmp_path / "here" / "study"
+    run_study(first, "ItalyPowerDemand", "0", "map", num_samples=2, threads=1, progress=False)
+    clone = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(first, clone)
+    cells = {p: p.read_bytes() for p in (clone / "cells").rglob("*") if p.is_file()}
+    results, _ = run_study(clone, "ItalyPowerDemand", "0", "map", num_samples=2, threads=1, progress=False)
+    assert {p: p.read_bytes() for p in (clone / "cells").rglob("*") if p.is_file()} == cells  # nothing rerun
+    assert bzoo("study", "--report-only", "--out", clone) == 0
+    again = json.loads((clone / "results.json").read_text())
+    assert [c["key"] for c in again["cells"]] == [c["key"] for c in results["cells"]] and not again["missing"]
+    assert set(again["ood"]["ItalyPowerDemand"]["reference_auroc"]) == {"input", "minirocket"}

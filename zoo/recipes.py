@@ -130,7 +130,11 @@ STUDY_PEERS = [
 # A fit step sees at most `step_tokens` tokens (series x tokens per series): on the larger sets (digits, OSULeaf,
 # JapaneseVowels, Covid3Month_disc, ACSF1) the rows train on seeded minibatches, so a step costs at most about 2.5
 # ItalyPowerDemand full-batch steps; the smaller sets stay full batch.
-EVALUATION = {"samples": 50, "shift_samples": 20, "shift_inputs": 256, "validation_fraction": 0.2, "bins": 15,
+# `protocol` is the revision of what a cell measures, in every cell's key: bump it when a change alters any cell's
+# numbers beyond what its key already covers (data, resolved row, evaluation settings, versions, device), so
+# stale cells are rerun, not reused. 2: far-OOD in the target's preprocessing, equal selection budgets,
+# training-only vocabulary.
+EVALUATION = {"protocol": 2, "samples": 50, "shift_samples": 20, "shift_inputs": 256, "validation_fraction": 0.2, "bins": 15,
               "step_tokens": 4096}
 QUICK = {"steps_scale": 0.1, "samples": 10, "shift_samples": 5, "shift_inputs": 128}
 QUICK_GRID = 2

@@ -5,10 +5,10 @@ from zoo.study import run_study
 
 def add_arguments(parser):
     labels = [row["label"] for row in [*recipes.STUDY, *recipes.STUDY_PEERS]]
-    parser.add_argument("--datasets", default=data.DEFAULT_DATASET,
+    parser.add_argument("--datasets",
                         help=f"comma-separated shipped datasets or .npz/.csv files, or 'all' (default "
                              f"{data.DEFAULT_DATASET}; see `bzoo datasets`)")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    parser.add_argument("--seeds", help="comma-separated seeds (default 0)")
     parser.add_argument("--methods", help=f"comma-separated rows and peers: {', '.join(labels)} (default all)")
     parser.add_argument("--no-peers", action="store_true", help="leave the peers out of the default methods")
     parser.add_argument("--reference", action="store_true",
@@ -33,7 +33,8 @@ def add_arguments(parser):
     parser.add_argument("--overwrite", action="store_true",
                         help="accept a study folder of another configuration (shared cells kept, nothing deleted)")
     parser.add_argument("--report-only", action="store_true",
-                        help="run nothing: report the finished cells of this study in --out, list the missing ones")
+                        help="run nothing: report the finished cells of this study in --out, list the missing ones "
+                             "(with --out alone: the study its study.json names)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -21,24 +21,32 @@ def default_cache():
 
 
 def detector_auroc(dataset, folder, fingerprint=None):
-    """{"input": AUROC, "minirocket": AUROC} of ``dataset``'s far-OOD set, read from ``folder`` or computed there."""
+    """{"input": AUROC, "minirocket": AUROC} of ``dataset``'s far-OOD set: read from ``folder``, else from the
+    user's cache, else computed; written to both."""
     from ..data.ood import ood_inputs
     from ..evaluation import reference_detector
 
     key = {"fingerprint": fingerprint or data_fingerprint(dataset), "version": VERSION}
-    path = Path(folder) / f"{slug(dataset.name)}.json"
-    try:
-        stored = json.loads(path.read_text())
-        if stored.get("key") == key:
-            return stored["auroc"]
-    except (OSError, ValueError, AttributeError, KeyError):
-        pass
-    auroc = reference_detector(dataset, ood_inputs(dataset))
-    try:
-        write_json(path, {"key": key, "auroc": auroc})
-    except OSError:
-        pass  # a read-only cache costs a recomputation next time, nothing else
+    paths = [Path(where) / f"{slug(dataset.name)}.json" for where in dict.fromkeys([Path(folder), default_cache()])]
+    auroc = next((a for a in map(lambda p: stored(p, key), paths) if a is not None), None)
+    if auroc is None:
+        auroc = reference_detector(dataset, ood_inputs(dataset))
+    for path in paths:
+        if stored(path, key) is None:
+            try:
+                write_json(path, {"key": key, "auroc": auroc})
+            except OSError:
+                pass  # a read-only cache costs a recomputation next time, nothing else
     return auroc
+
+
+def stored(path, key):
+    """The AUROCs kept at ``path`` under ``key``, or None."""
+    try:
+        kept = json.loads(Path(path).read_text())
+        return kept["auroc"] if kept.get("key") == key else None
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
 
 
 def detector_aurocs(plan, folder):

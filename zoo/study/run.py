@@ -43,6 +43,9 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
     budget = None if memory_budget is None else (parse_size(memory_budget) if isinstance(memory_budget, str)
                                                  else int(memory_budget))
     chunk = PREDICT_CHUNK if budget is None else min(PREDICT_CHUNK, budget // 2)
+    asked = (datasets, seeds, methods, steps_scale, num_samples, memory_budget)
+    if report_only and out is not None and all(v is None for v in asked) and not (quick or sweep or reference):
+        return report_finished(plan_of_folder(out, device), out)
     plan = make_plan(datasets, seeds, methods, quick=quick, peers=peers, reference=reference,
                      steps_scale=steps_scale, num_samples=num_samples, device=device, chunk=chunk, sweep=sweep)
     if report_only:
@@ -90,6 +93,25 @@ def read_cells(plan, folder):
         else:
             cells.append(cell)
     return cells, missing
+
+
+def plan_of_folder(out, device="cpu"):
+    """The plan a study folder's ``study.json`` names (datasets, seeds, methods, budget, draws), rebuilt with this
+    code: its cells are those whose keys still match (``--report-only`` with no other flag)."""
+    import json
+    from pathlib import Path
+
+    try:
+        config = json.loads((Path(out) / MARKER).read_text())["config"]
+        evaluation = config["evaluation"]
+        return make_plan(config["datasets"], ",".join(map(str, config["seeds"])), config["methods"],
+                         quick=config["profile"] == "quick", sweep=config["profile"] == "sweep",
+                         reference=recipes.REFERENCE["label"] in config["methods"],
+                         steps_scale=evaluation["steps_scale"], num_samples=evaluation["samples"],
+                         device=config.get("device", device), chunk=evaluation["predict_chunk"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StudyError(f"--out '{out}': no readable {MARKER} to take the study's plan from ({type(e).__name__}: "
+                         f"{e}); give --datasets, --seeds and --methods") from None
 
 
 def report_finished(plan, out):
