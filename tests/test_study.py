@@ -392,3 +392,44 @@ def test_a_copy_of_a_study_folder_elsewhere_reuses_every_cell_and_reports_from_i
     again = json.loads((clone / "results.json").read_text())
     assert [c["key"] for c in again["cells"]] == [c["key"] for c in results["cells"]] and not again["missing"]
     assert set(again["ood"]["ItalyPowerDemand"]["reference_auroc"]) == {"input", "minirocket"}
+
+
+def test_a_study_folder_being_written_refuses_a_second_writer_and_nothing_is_written(tmp_path, tiny_rows):
+    from zoo.runs import RunLock
+
+    out = tmp_path / "study"
+    out.mkdir()
+    with RunLock(out):  # as a running study holds it
+        with pytest.raises(StudyError, match="being written by another run"):
+            run_study(out, "ItalyPowerDemand", "0", "map", num_samples=2, threads=1, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_an_edited_cell_is_not_trusted_it_is_recomputed_with_a_warning(tmp_path, tiny_rows):
+    out = tmp_path / "study"
+    first, _ = run_study(out, "ItalyPowerDemand", "0", "map", num_samples=2, threads=1, progress=False)
+    path = out / "cells" / "italypowerdemand" / "seed0" / "map.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "accuracy": 0.99}))
+    with pytest.warns(UserWarning, match="does not match its checksum"):
+        again, _ = run_study(out, "ItalyPowerDemand", "0", "map", num_samples=2, threads=1, progress=False)
+    assert again["cells"][0]["accuracy"] == first["cells"][0]["accuracy"] != 0.99
+
+
+@pytest.mark.slow  # two local clusters of 2 workers each
+def test_two_studies_started_into_one_folder_at_once_one_is_refused_the_other_completes(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "study"
+    argv = [sys.executable, "-m", "zoo.cli", "study", "--methods", "map", "--quick", "--num-samples", "2",
+            "--seeds", "0,1", "--jobs", "2", "--no-progress", "--out", str(out)]
+    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(r.wait(), r.stderr.read()) for r in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    assert "being written by another run" in next(err for code, err in results if code == 2)
+    cells = sorted(p.name for p in (out / "cells").rglob("*.json"))
+    assert cells == ["map.json", "map.json"] and not list(out.rglob("*.tmp"))
+    report = json.loads((out / "results.json").read_text())
+    assert sorted(c["seed"] for c in report["cells"]) == [0, 1]

@@ -17,16 +17,19 @@ new ``study.json`` replaces the old, finished cells that the new configuration s
 are reused, the others are recomputed and replaced when done, and nothing is deleted.
 """
 import datetime
+import hashlib
 import io
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import psutil
 
 from ..runs import to_plain
+from ..runs import LOCK
 from .plan import StudyError, slug
 
 MARKER = "study.json"
@@ -47,6 +50,12 @@ def atomic_write(path, data):
 
 def write_json(path, obj):
     return atomic_write(path, (json.dumps(to_plain(obj), indent=2) + "\n").encode())
+
+
+def checksum(record, arrays):
+    """sha256 of a cell's record (less its checksum) and its arrays' bytes: what ``read_cell`` trusts."""
+    body = {k: v for k, v in record.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode() + arrays).hexdigest()
 
 
 def differences(old, new):
@@ -76,6 +85,16 @@ def differences(old, new):
     return out
 
 
+def _locked(root):
+    """The folder's ``RunLock`` (a StudyError naming the holder if another writer has it)."""
+    from ..runs import RunFolderError, RunLock
+
+    try:
+        return RunLock(root).acquire()
+    except RunFolderError as e:
+        raise StudyError(str(e)) from None
+
+
 class StudyFolder:
     """``StudyFolder.check(path, config, overwrite)`` refuses what cannot be used; ``open`` then writes ``study.json``."""
 
@@ -88,6 +107,8 @@ class StudyFolder:
         root = Path(path)
         if root.exists() and not root.is_dir():
             raise StudyError(f"--out '{root}' is a file, not a folder")
+        if root.is_dir():  # a study writing here now: refused before any work (``open`` takes the lock for real)
+            _locked(root).release()
         marker = root / MARKER
         resuming = False
         if marker.is_file():
@@ -106,17 +127,19 @@ class StudyFolder:
                     raise StudyError(f"--out '{root}' holds a study of another configuration ({'; '.join(diff)}); "
                                      f"choose another folder or pass --overwrite (shared cells are kept, "
                                      f"nothing is deleted)")
-        elif root.is_dir() and any(root.iterdir()) and not overwrite:
+        elif root.is_dir() and any(p.name != LOCK for p in root.iterdir()) and not overwrite:
             raise StudyError(f"--out '{root}' is not empty and holds no study ({MARKER}); choose a new or empty "
                              f"folder, or pass --overwrite to add a study to it (nothing is deleted)")
         return cls(root, config, fingerprint, overwrite, resuming)
 
     def open(self):
-        """Create the folder and write ``study.json`` (left untouched when resuming the same configuration)."""
+        """Create the folder, take its lock (a second writer is refused, naming the first) and write ``study.json``
+        (left untouched when resuming the same configuration); ``close`` releases the lock."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StudyError(f"cannot create --out '{self.root}': {e.strerror}") from None
+        self.lock = _locked(self.root)
         for stale in self.root.glob("cells/*/*/.*.tmp"):  # left by a process killed mid-write
             if not psutil.pid_exists(int(stale.name.rsplit(".", 2)[-2])):
                 stale.unlink(missing_ok=True)
@@ -129,11 +152,18 @@ class StudyFolder:
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
         return self
 
+    def close(self):
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
+
     def cell_path(self, dataset, seed, method, suffix=".json"):
         return self.root / "cells" / slug(dataset) / f"seed{seed}" / (slug(method) + suffix)
 
     def read_cell(self, dataset, seed, method, key):
-        """The finished cell's record (with ``arrays`` loaded lazily by ``arrays``), or None if not finished here."""
+        """The finished cell's record (with ``arrays`` loaded lazily by ``arrays``), or None if not finished here.
+
+        A cell whose bytes do not match its checksum (edited, damaged, or written before cells were signed) is
+        not trusted: a warning names it, and the study recomputes it."""
         path = self.cell_path(dataset, seed, method)
         try:
             record = json.loads(path.read_text())
@@ -141,7 +171,12 @@ class StudyFolder:
             return None
         if not isinstance(record, dict) or record.get("key") != key:
             return None
-        if record.get("status") == "ok" and not self.cell_path(dataset, seed, method, ".npz").is_file():
+        arrays = self.cell_path(dataset, seed, method, ".npz")
+        if record.get("status") == "ok" and not arrays.is_file():
+            return None
+        if record.get("checksum") != checksum(record, arrays.read_bytes() if arrays.is_file() else b""):
+            warnings.warn(f"study cell '{path}' does not match its checksum (edited or damaged); it is recomputed",
+                          stacklevel=2)
             return None
         return record
 
@@ -151,13 +186,15 @@ class StudyFolder:
 
     def write_cell(self, result):
         """Write a cell: its arrays first, then its record (whose presence marks the cell finished)."""
-        record = result["record"]
+        record = to_plain(result["record"])
         where = (record["dataset"], record["seed"], record["method"])
+        arrays = b""
         if result.get("arrays"):
             buffer = io.BytesIO()
             np.savez(buffer, **result["arrays"])
-            atomic_write(self.cell_path(*where, ".npz"), buffer.getvalue())
-        write_json(self.cell_path(*where), record)
+            arrays = buffer.getvalue()
+            atomic_write(self.cell_path(*where, ".npz"), arrays)
+        write_json(self.cell_path(*where), {**record, "checksum": checksum(record, arrays)})
 
     def path(self, name):
         return self.root / name

@@ -72,15 +72,23 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
             tasks.sort(key=lambda t: -work(t["row"], next(d for d in plan.datasets if d["id"] == t["dataset"]),
                                            plan.evaluation))
         folder.open()
-        engine.run(tasks, folder.write_cell, total=len(finished) + len(tasks), done=len(finished), progress=progress)
+        try:
+            engine.run(tasks, folder.write_cell, total=len(finished) + len(tasks), done=len(finished),
+                       progress=progress)
+        except BaseException:
+            folder.close()
+            raise
     from .report import write
 
-    cells, missing = read_cells(plan, folder)
-    if missing:
-        dataset, seed, row = missing[0]
-        raise StudyError(f"cell ({dataset['id']}, seed {seed}, {row['label']}) has no finished file in "
-                         f"'{folder.root}' after the run")
-    return write(plan, folder, cells), folder
+    try:
+        cells, missing = read_cells(plan, folder)
+        if missing:
+            dataset, seed, row = missing[0]
+            raise StudyError(f"cell ({dataset['id']}, seed {seed}, {row['label']}) has no finished file in "
+                             f"'{folder.root}' after the run")
+        return write(plan, folder, cells), folder
+    finally:
+        folder.close()
 
 
 def read_cells(plan, folder):
