@@ -297,15 +297,20 @@ def test_the_critical_difference_diagram_comes_from_aeon_with_its_tests(tmp_path
     assert [p["p_holm"] for p in cd["pairs"]] == pytest.approx(stats.holm([p["p"] for p in cd["pairs"]]).tolist())
 
 
-def test_a_reference_row_gives_each_cell_its_distance_to_the_reference(tmp_path, tiny_rows, monkeypatch):
+def test_the_reference_arm_gives_each_cell_its_distance_to_the_reference_on_one_network(tmp_path, tiny_rows,
+                                                                                         monkeypatch):
     monkeypatch.setattr(recipes, "REFERENCE", {
         "label": "reference", "guide": "reference", "model": {"d_model": 4, "depth": 1, "heads": 1},
         "options": {"num_members": 2, "num_chains": 4, "warmup": 20, "num_samples": 10, "thin": 2, "steps": 5,
                     "workers": 1}})
-    results, out = run_study(tmp_path / "s", "ItalyPowerDemand", "0", "map,reference", reference=True,
+    results, out = run_study(tmp_path / "s", "ItalyPowerDemand", "0", "map,reference", reference_arm=True,
                              num_samples=2, threads=1, progress=False)
     cells = {c["method"]: c for c in results["cells"]}
     assert cells["reference"]["extra"]["tv"] == 0 and cells["map"]["extra"]["tv"] > 0
+    assert json.loads((out.root / "study.json").read_text())["config"]["rows"]["map"]["model"]["d_model"] == 4
+    other, _ = run_study(tmp_path / "t", "ItalyPowerDemand", "0", "map,reference", reference=True,
+                         num_samples=2, threads=1, progress=False)  # map on its own network: no distance
+    assert "tv" not in next(c for c in other["cells"] if c["method"] == "map").get("extra", {})
     text = (out.root / "results.md").read_text()
     assert "tv" in text.split("## Per dataset")[1].splitlines()[4]
     # the reference's own convergence comes with it, so its distances can be weighed

@@ -14,6 +14,10 @@ def add_arguments(parser):
     parser.add_argument("--reference", action="store_true",
                         help="add the reference posterior (many MCLMC chains from a deep ensemble, on a small transformer) as a row; "
                              "cells then report tv, kl to it")
+    parser.add_argument("--reference-arm", action="store_true",
+                        help="every row and peer at the reference's network size, beside the reference row: distances "
+                             "to the reference (tv, kl) are reported in this arm only, where they measure "
+                             "approximation error on one network")
     parser.add_argument("--quick", action="store_true",
                         help=f"a fast sweep: steps x{recipes.QUICK['steps_scale']}, {recipes.QUICK['samples']} draws "
                              "(docs/study.md)")
@@ -26,6 +30,9 @@ def add_arguments(parser):
                         help=f"predictive draws on test and OOD (default {recipes.EVALUATION['samples']})")
     parser.add_argument("--jobs", type=int, help="run cells on a local Dask cluster of N worker processes (default: cells run here, one by one)")
     parser.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run cells on an existing Dask cluster (default: none)")
+    parser.add_argument("--shortest-first", action="store_true",
+                        help="with --jobs/--scheduler, start the cheapest cells first, banking the most finished cells "
+                             "before a deadline (default: longest first, the shortest total time)")
     parser.add_argument("--threads", type=int, help="torch threads per cell (default: the cores / --jobs)")
     parser.add_argument("--memory-budget", metavar="SIZE",
                         help="memory one cell may use, e.g. 4G (default: half the available memory / concurrent cells)")
@@ -49,7 +56,8 @@ def run(args):
                                 num_samples=args.num_samples, jobs=args.jobs, scheduler=args.scheduler,
                                 memory_budget=args.memory_budget, overwrite=args.overwrite, device=args.device,
                                 threads=args.threads, progress=not args.no_progress,
-                                report_only=args.report_only)
+                                report_only=args.report_only, reference_arm=args.reference_arm,
+                                shortest_first=args.shortest_first)
     summary = results["summary"]
     width = max([len(m) for m in results["study"]["methods"]] + [6])
     for dataset in results["study"]["datasets"]:

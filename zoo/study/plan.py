@@ -153,6 +153,7 @@ class Plan:
     profile: str  # "full" (the recipes), "sweep" (recipes.SWEEP) or "quick" (recipes.QUICK)
     device: str = "cpu"
     versions: dict = field(default_factory=dict)
+    arm: str | None = None  # "reference": every row at the reference's network size
 
     def config(self):
         """Everything the cells depend on; ``study.json`` stores it and its digest."""
@@ -160,7 +161,8 @@ class Plan:
                          "data": {d["id"]: d["fingerprint"] for d in self.datasets},
                          "seeds": self.seeds, "methods": [r["label"] for r in self.rows],
                          "rows": {r["label"]: r for r in self.rows}, "evaluation": self.evaluation,
-                         "profile": self.profile, "device": self.device, "versions": self.versions})
+                         "profile": self.profile, "device": self.device, "versions": self.versions,
+                         **({"arm": self.arm} if self.arm else {})})
 
     def fingerprint(self):
         return digest(self.config())
@@ -185,12 +187,15 @@ PROFILES = {"full": ({}, None), "sweep": (recipes.SWEEP, recipes.SWEEP_GRID),
 
 
 def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, reference=False, steps_scale=None,
-              num_samples=None, device="cpu", chunk=PREDICT_CHUNK, sweep=False):
+              num_samples=None, device="cpu", chunk=PREDICT_CHUNK, sweep=False, reference_arm=False):
     """Check every list and option and build the Plan; any problem is a one-line StudyError naming it.
 
     Names, seeds, methods and options are checked before any dataset is loaded. ``quick`` and
     ``sweep`` are budgets (``recipes.QUICK``, ``recipes.SWEEP``): fewer steps and draws, thinner grids.
+    ``reference_arm``: every row and peer at the reference's network size, with the reference row, so
+    a distance to the reference measures approximation error on one network (``at_reference_size``).
     """
+    reference = reference or reference_arm
     if quick and sweep:
         raise StudyError("--quick and --sweep are two budgets; give one")
     profile = "quick" if quick else "sweep" if sweep else "full"
@@ -208,6 +213,8 @@ def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, 
             raise StudyError(f"--methods: unknown method '{unknown[0]}'; methods are: "
                              f"{', '.join(r['label'] for r in offered)}")
         rows = [by_label[m.lower()] for m in wanted]
+    if reference_arm:
+        rows = at_reference_size(rows)
     try:
         rows = [resolve_row(r) for r in rows]
     except ValueError as e:
@@ -234,7 +241,20 @@ def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, 
     for i in ids:
         if ids.count(i) > 1:
             raise StudyError(f"--datasets names dataset '{i}' twice")
-    return Plan(entries, seeds, rows, evaluation, profile, str(torch.device(device)), versions())
+    return Plan(entries, seeds, rows, evaluation, profile, str(torch.device(device)), versions(),
+                "reference" if reference_arm else None)
+
+
+def at_reference_size(rows):
+    """The rows at the reference's network size (``recipes.REFERENCE["model"]``), the reference row last; adapter rows,
+    whose network is their backbone's, are refused."""
+    label = recipes.REFERENCE["label"]
+    adapters = [r["label"] for r in rows if r.get("adapter")]
+    if adapters:
+        raise StudyError(f"--reference-arm: '{adapters[0]}' is an adapter row, whose network is its backbone's; "
+                         f"leave it out")
+    sized = [{**r, "model": {**r.get("model", {}), **recipes.REFERENCE["model"]}} for r in rows if r["label"] != label]
+    return [*sized, recipes.REFERENCE]
 
 
 def thin(values, most):

@@ -24,16 +24,20 @@ COLUMNS = {"accuracy": "accuracy", "nll": "NLL", "ece": "ECE", "brier": "Brier",
 
 
 def add_reference_distances(plan, folder, cells):
-    """Each cell's distance (tv, kl) to the reference row's cell of the same dataset and seed, from stored probs."""
+    """Each cell's distance (tv, kl) to the reference row's cell of the same dataset and seed, from stored probs,
+    for rows on the reference's own network only (``--reference-arm``): between two networks a distance would
+    mix approximation error with the difference of the models."""
     from inference.mcmc import predictive_distance
 
     label = recipes.REFERENCE["label"]
-    if label not in [r["label"] for r in plan.rows]:
+    rows = {r["label"]: r for r in plan.rows}
+    if label not in rows:
         return
+    same_network = {m for m, r in rows.items() if r.get("model") == rows[label]["model"]}
     refs = {(c["dataset"], c["seed"]): c for c in cells if c["method"] == label and c.get("status") == "ok"}
     for cell in cells:
         ref = refs.get((cell["dataset"], cell["seed"]))
-        if ref is None or cell.get("status") != "ok":
+        if ref is None or cell.get("status") != "ok" or cell["method"] not in same_network:
             continue
         probs = torch.as_tensor(folder.arrays(cell)["test_probs"])
         cell.setdefault("extra", {}).update(predictive_distance(probs, torch.as_tensor(folder.arrays(ref)["test_probs"])))

@@ -16,13 +16,14 @@ from .plan import PREDICT_CHUNK, StudyError, make_plan
 def default_out(plan):
     names = [d["id"] for d in plan.datasets]
     what = names[0] if len(names) == 1 else f"{len(names)}-datasets"
-    budget = "" if plan.profile == "full" else f"-{plan.profile}"
+    budget = ("" if plan.profile == "full" else f"-{plan.profile}") + (f"-{plan.arm}-arm" if plan.arm else "")
     return f"runs/study-{what}-{'-'.join(map(str, plan.seeds))}{budget}"
 
 
 def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False, sweep=False, peers=True,
               reference=False, steps_scale=None, num_samples=None, jobs=None, scheduler=None, memory_budget=None,
-              overwrite=False, device="cpu", threads=None, progress=True, report_only=False):
+              overwrite=False, device="cpu", threads=None, progress=True, report_only=False, reference_arm=False,
+              shortest_first=False):
     """Run (or resume) a study into folder ``out``; returns (the results dict, also in ``out/results.json``,
     the folder).
 
@@ -32,7 +33,9 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
     ``jobs`` runs cells on a local Dask cluster of that many processes, ``scheduler`` on an existing one;
     neither runs them here. ``memory_budget`` (bytes or "4G") is what one cell may use; by default half of the
     available memory shared among the concurrent cells. ``threads``: torch threads per cell (default: the
-    cores, shared among the workers on each machine). ``report_only`` runs nothing: it reports the cells of
+    cores, shared among the workers on each machine). ``reference_arm`` fits every row at the reference's network size
+    beside the reference (``plan.at_reference_size``). On Dask, cells start longest first (the shortest
+    makespan), or ``shortest_first`` (the most finished cells before a deadline). ``report_only`` runs nothing: it reports the cells of
     this plan that ``out`` holds finished (``report_finished``).
     """
     from inference.memory import parse_size
@@ -44,9 +47,9 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
                                                  else int(memory_budget))
     chunk = PREDICT_CHUNK if budget is None else min(PREDICT_CHUNK, budget // 2)
     asked = (datasets, seeds, methods, steps_scale, num_samples, memory_budget)
-    if report_only and out is not None and all(v is None for v in asked) and not (quick or sweep or reference):
+    if report_only and out is not None and all(v is None for v in asked) and not (quick or sweep or reference or reference_arm):
         return report_finished(plan_of_folder(out, device), out)
-    plan = make_plan(datasets, seeds, methods, quick=quick, peers=peers, reference=reference,
+    plan = make_plan(datasets, seeds, methods, quick=quick, peers=peers, reference=reference, reference_arm=reference_arm,
                      steps_scale=steps_scale, num_samples=num_samples, device=device, chunk=chunk, sweep=sweep)
     if report_only:
         if jobs is not None or scheduler is not None:
@@ -68,8 +71,9 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
             tasks.append({"dataset": dataset["id"], "ref": dataset["ref"], "seed": seed, "row": row, "key": key,
                           "label": label, "evaluation": plan.evaluation, "device": plan.device,
                           "threads": engine.threads(), "estimate": need, "budget": budget})
-        if engine.client is not None:  # longest first, so the last cells to finish are short ones
-            tasks.sort(key=lambda t: -work(t["row"], next(d for d in plan.datasets if d["id"] == t["dataset"]),
+        if engine.client is not None:  # longest first, so the last cells to finish are short ones; shortest first
+            # banks the most finished cells before a deadline (a machine given up, a session's end)
+            tasks.sort(key=lambda t: (1 if shortest_first else -1) * work(t["row"], next(d for d in plan.datasets if d["id"] == t["dataset"]),
                                            plan.evaluation))
         folder.open()
         try:
@@ -115,6 +119,7 @@ def plan_of_folder(out, device="cpu"):
         return make_plan(config["datasets"], ",".join(map(str, config["seeds"])), config["methods"],
                          quick=config["profile"] == "quick", sweep=config["profile"] == "sweep",
                          reference=recipes.REFERENCE["label"] in config["methods"],
+                         reference_arm=config.get("arm") == "reference",
                          steps_scale=evaluation["steps_scale"], num_samples=evaluation["samples"],
                          device=config.get("device", device), chunk=evaluation["predict_chunk"])
     except (OSError, ValueError, KeyError, TypeError) as e:
