@@ -438,3 +438,13 @@ def test_two_studies_started_into_one_folder_at_once_one_is_refused_the_other_co
     assert cells == ["map.json", "map.json"] and not list(out.rglob("*.tmp"))
     report = json.loads((out / "results.json").read_text())
     assert sorted(c["seed"] for c in report["cells"]) == [0, 1]
+
+
+def test_a_row_whose_optional_package_is_missing_is_refused_before_the_study_starts(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "laplace" else real(name, *a))
+    with pytest.raises(StudyError, match=r"row 'laplace-torch' needs laplace-torch.*make peers"):
+        run_study(tmp_path / "s", "ItalyPowerDemand", "0", "map,laplace-torch", num_samples=2, progress=False)
+    assert not (tmp_path / "s").exists()

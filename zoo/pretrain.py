@@ -105,10 +105,13 @@ def pretrain(out, exclude, only=None, seed=0, device=None, progress=True, **opti
     if unknown:
         raise BackboneError(f"unknown pretraining option '{sorted(unknown)[0]}'; valid: {', '.join(DEFAULTS)}")
     o = {**DEFAULTS, **options}
-    exclude = [e for e in exclude if e]
+    exclude = [e for e in ([exclude] if isinstance(exclude, str) else exclude) if e]  # a name, not its letters
     if not exclude:
         raise BackboneError("--exclude names no dataset: a backbone must leave out the dataset it will be tuned on")
     check_exclude(exclude)
+    for key in ("patch", "length", "steps", "batch_size", "d_model", "depth", "heads"):
+        if not isinstance(o[key], int) or isinstance(o[key], bool) or o[key] < 1:
+            raise BackboneError(f"pretraining option {key} must be an integer >= 1, got {o[key]!r}")
     if o["length"] % o["patch"]:
         raise BackboneError(f"length {o['length']} is not a whole number of patches of {o['patch']} steps")
     _refuse_existing(out)
@@ -179,6 +182,13 @@ def _refuse_existing(out):
     if found:
         raise BackboneError(f"output folder '{root}' already holds a backbone ({found[0]}); choose another folder "
                             f"(a backbone folder is never overwritten)")
+    try:  # before training: a backbone trained for minutes must have somewhere to go
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise BackboneError(f"output folder '{root}' cannot be written ({e.strerror}); choose another folder") from None
 
 
 def _versions():

@@ -215,6 +215,7 @@ def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, 
         rows = [by_label[m.lower()] for m in wanted]
     if reference_arm:
         rows = at_reference_size(rows)
+    check_packages(rows)
     try:
         rows = [resolve_row(r) for r in rows]
     except ValueError as e:
@@ -243,6 +244,21 @@ def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, 
             raise StudyError(f"--datasets names dataset '{i}' twice")
     return Plan(entries, seeds, rows, evaluation, profile, str(torch.device(device)), versions(),
                 "reference" if reference_arm else None)
+
+
+OPTIONAL = {"laplace-torch": ("laplace", "laplace-torch"), "laplace_lora": ("laplace", "laplace-torch")}
+# a peer or guide -> (the module it imports, the package that provides it): `make peers` installs them
+
+
+def check_packages(rows):
+    """Refuse, before the study starts, a row whose optional package is missing, naming the row and the fix."""
+    import importlib.util
+
+    for row in rows:
+        need = OPTIONAL.get(row.get("peer") or row.get("guide"))
+        if need and importlib.util.find_spec(need[0]) is None:
+            raise StudyError(f"row '{row['label']}' needs {need[1]}, which is not installed: run `make peers` "
+                             f"(it installs it beside the CPU torch), or leave the row out (--no-peers or --methods)")
 
 
 def at_reference_size(rows):
