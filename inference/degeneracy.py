@@ -38,6 +38,8 @@ class Degeneracy:
     spread: float  # max over classes of (max - min over training inputs) of the predictive probability
     kl: dict = field(default_factory=dict)  # site -> KL(q || p) in nats; empty: the method has no KL
     numbers: dict = field(default_factory=dict)  # site -> how many latent numbers it holds
+    attention: dict = field(default_factory=dict)  # attention site -> mean entropy of its rows (nats; None: not
+    # non-negative), so the KL of attention alone and how spread its rows are can be read apart from the weights'
 
     @property
     def constant(self):
@@ -55,6 +57,18 @@ class Degeneracy:
     def kl_per_number(self):
         """KL(q || p) per latent number over all sites (None: no KL)."""
         return sum(self.kl.values()) / sum(self.numbers.values()) if self.kl else None
+
+    @property
+    def kl_per_attention_number(self):
+        """KL(q || p) per number over the attention sites alone (None: no attention site with a KL)."""
+        sites = [n for n in self.attention if n in self.kl]
+        return sum(self.kl[n] for n in sites) / sum(self.numbers[n] for n in sites) if sites else None
+
+    @property
+    def attention_entropy(self):
+        """Mean entropy (nats) of the attention rows over the attention sites whose rows lie on the simplex."""
+        values = [v for v in self.attention.values() if v is not None]
+        return sum(values) / len(values) if values else None
 
     @property
     def on_prior(self):
@@ -83,7 +97,9 @@ class Degeneracy:
     def to_dict(self):
         return {"degenerate": self.degenerate, "constant_predictive": self.constant,
                 "predictive_spread": self.spread, "on_prior": self.on_prior,
-                "share_on_prior": self.share_on_prior, "kl_per_weight": self.kl_per_number}
+                "share_on_prior": self.share_on_prior, "kl_per_weight": self.kl_per_number,
+                **({"kl_per_attention_number": self.kl_per_attention_number,
+                    "attention_entropy": self.attention_entropy} if self.attention else {})}
 
 
 def check(posterior, x, mask=None, probs=None):
@@ -97,10 +113,10 @@ def check(posterior, x, mask=None, probs=None):
 
 @torch.no_grad()
 def kl_by_site(posterior, x, mask=None):
-    """(site -> KL(q || p) in nats, site -> latent numbers) for a guide-based, non-point posterior; ({}, {})
-    otherwise."""
+    """(site -> KL(q || p) in nats, site -> latent numbers, attention site -> mean row entropy) for a guide-based,
+    non-point posterior; ({}, {}, {}) otherwise."""
     if posterior.guide is None or posterior.point:
-        return {}, {}
+        return {}, {}, {}
     model, guide = posterior.model, posterior.guide
     x = x[:INPUTS].to(posterior.device)
     mask = None if mask is None else mask[:INPUTS].to(posterior.device)
@@ -113,13 +129,27 @@ def kl_by_site(posterior, x, mask=None):
         model.train(was_training)
     latent = {n: s for n, s in terms.model_trace.nodes.items() if is_latent(s)}
     numbers = {n: s["value"].numel() / PARTICLES for n, s in latent.items()}  # values carry the particle dim
+    attention = {n: row_entropy(s["value"]) for n, s in latent.items() if s["infer"].get("attention")}
     parts = {n: float(v) for n, v in (terms.kl_sites or {}).items()}
     joint = [s for s in terms.guide_trace.nodes.values() if is_latent(s) and s["infer"].get("is_auxiliary")]
     if joint:  # one density over all sites: only the total is a KL
         counted = [s["infer"]["numbers"] for s in joint if "numbers" in s["infer"]]
         if counted:  # a KL between functions (fsvi): per function value compared, not per weight
             site = "function values (function-space KL)"
-            return {site: max(sum(parts.values()), 0.0)}, {site: max(sum(counted), 1)}
+            return {site: max(sum(parts.values()), 0.0)}, {site: max(sum(counted), 1)}, {}
         site = "all sites (joint guide)"
-        return {site: max(sum(parts.values()), 0.0)}, {site: max(sum(numbers.values()), 1)}
-    return {n: max(parts.get(n, 0.0), 0.0) for n in latent}, {n: max(numbers[n], 1) for n in latent}
+        return {site: max(sum(parts.values()), 0.0)}, {site: max(sum(numbers.values()), 1)}, {}
+    return ({n: max(parts.get(n, 0.0), 0.0) for n in latent}, {n: max(numbers[n], 1) for n in latent}, attention)
+
+
+def row_entropy(w):
+    """Mean entropy of the last axis's rows of non-negative ``w``, each normalized to sum 1 (BAM's weights are
+    unnormalized), else None; all-zero rows (padded queries) are left out, padded keys hold 0 and add nothing."""
+    w = w.double().reshape(-1, w.shape[-1])
+    if (w < 0).any():
+        return None
+    sums = w.sum(-1, keepdim=True)
+    rows = (w / sums.clamp_min(1e-300))[sums[:, 0] > 0]
+    if not len(rows):
+        return None
+    return float(-(rows * rows.clamp_min(1e-300).log()).sum(-1).mean())

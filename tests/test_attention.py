@@ -258,3 +258,27 @@ def test_dirichlet_guide_on_italy_power_demand_matches_map():
         results[guide] = inference.evaluate(post.predict(ds.test.x, 100, batch_size=256), ds.test.y)
     assert results["dirichlet"]["accuracy"] >= 0.93
     assert results["dirichlet"]["nll"] <= results["map"]["nll"]
+
+
+def test_row_entropy_against_closed_forms():
+    from inference.degeneracy import row_entropy
+
+    t = 7
+    assert abs(row_entropy(torch.full((3, 2, t, t), 1 / t, dtype=torch.float64)) - math.log(t)) < 1e-12  # uniform rows: log T
+    assert row_entropy(torch.eye(t)[None].expand(4, t, t)) == 0.0  # one-hot rows
+    padded = torch.cat([torch.full((2, t), 1 / t, dtype=torch.float64), torch.zeros(1, t, dtype=torch.float64)])  # an all-zero (padded) query row is left out
+    assert abs(row_entropy(padded) - math.log(t)) < 1e-12
+    assert abs(row_entropy(3 * padded) - math.log(t)) < 1e-12  # unnormalized weights (BAM) are normalized
+    assert row_entropy(torch.randn(3, t)) is None  # not attention weights
+
+
+@pytest.mark.parametrize("bayes, guide", [("attention", "dirichlet"), ("bam", "bam")])
+def test_an_attention_fit_reports_its_kl_per_attention_number_and_attention_entropy(bayes, guide):
+    from inference import degeneracy
+
+    x, mask, _ = padded_batch()
+    y = torch.tensor([0, 1])
+    model = tiny_model(bayes)
+    post = inference.fit(model, (x, y, mask), guide=guide, steps=5, progress=False)
+    found = degeneracy.check(post, x, mask).to_dict()
+    assert found["kl_per_attention_number"] > 0 and 0 <= found["attention_entropy"] <= math.log(x.shape[1])

@@ -1,6 +1,7 @@
 """The peers (plain PyTorch, MiniRocket, laplace-torch) and the batched deep ensemble."""
 import dataclasses
 import math
+import os
 
 import numpy as np
 import pytest
@@ -173,3 +174,7 @@ def test_minirocket_never_starts_its_thread_runtime_in_the_calling_process():
     probs = peer.predict(ds.test.x, ds.test.mask)
     assert probs.shape == (1, len(ds.test), 2)
     assert not numba_parallel._is_initialized and torch.get_num_threads() == threads
+    before = os.times()
+    peer.close()  # the child's CPU time then counts in the cell's (``cpu_seconds``: waited-for children included)
+    after = os.times()
+    assert (after.children_user + after.children_system) - (before.children_user + before.children_system) > 0.5

@@ -151,7 +151,12 @@ def fit_peer(row, dataset, train, seed, device, evaluation):
         options.setdefault("num_samples", evaluation["samples"])
     seed_everything(seed)
     peer = fitter(dataclasses.replace(dataset, train=train), model_options(shapes, row), seed, device, **options)
-    return (lambda x, mask, s: peer.predict(x, mask)), peer.fit_seconds, to_json_info(peer.info)
+
+    def predict(x, mask, s):
+        return peer.predict(x, mask)
+
+    predict.close = peer.close
+    return predict, peer.fit_seconds, to_json_info(peer.info)
 
 
 def select_and_fit(row, dataset, seed, device, evaluation):
@@ -175,6 +180,7 @@ def select_and_fit(row, dataset, seed, device, evaluation):
                                                       evaluation)
             seed_everything(seed)
             probs = predict(val.x, val.mask, evaluation["samples"])
+            close(predict)
             entry.update(nll=nll(probs, val.y.to(probs.device)), accuracy=accuracy(probs, val.y.to(probs.device)))
         except FAILURES as e:
             entry.update(nll=float("inf"), error=first_line(e))
@@ -202,7 +208,7 @@ def run_cell(task):
     cuda = torch.device(task["device"]).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(task["device"])
-    started, cpu = time.perf_counter(), time.process_time()
+    started, cpu = time.perf_counter(), cpu_seconds()
     try:
         prepare(task)
         with PeakSampler() as peak, limited(task["evaluation"]["predict_chunk"]):
@@ -213,13 +219,25 @@ def run_cell(task):
     finally:
         torch.set_num_threads(threads)
     record = {"dataset": task["dataset"], "seed": task["seed"], "method": task["row"]["label"], "key": task["key"],
-              **record, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
+              **record, "seconds": time.perf_counter() - started, "cpu_seconds": cpu_seconds() - cpu,
               "threads": task["threads"],
               "worker": f"{socket.gethostname()}:{os.getpid()}",
               "memory": {"estimate": task["estimate"], "budget": task["budget"], "start_rss": peak.start,
                          "peak_rss": peak.peak, "peak_above_start": peak.peak - peak.start,
                          "peak_device": torch.cuda.max_memory_allocated(task["device"]) if cuda else None}}
     return {"record": record, "arrays": arrays}
+
+
+def cpu_seconds():
+    """CPU seconds of this process and of the children it has waited for (a peer's isolated process, NUTS workers):
+    a cell's whole cost, since each cell ends its children before it returns."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def close(predict):
+    """End what a fitted predictor holds outside this process (a peer's child), so its CPU time counts here."""
+    getattr(predict, "close", lambda: None)()
 
 
 def prepare(task):
@@ -244,6 +262,7 @@ def _run(task):
     started = time.perf_counter()
     sets = sets_for(task["ref"], seed, evaluation["shift_inputs"])
     metrics, shift, test_probs = evaluate_all(predict, dataset, sets, evaluation)
+    close(predict)
     predict_seconds = time.perf_counter() - started
     context = CellContext(dataset, seed, row, predict, test_probs)
     extra = {}

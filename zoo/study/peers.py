@@ -45,6 +45,11 @@ class Predictor:
     def predict(self, x, mask=None):
         return self._predict(x, mask).detach().float().cpu()
 
+    def close(self):
+        """End the peer's child process, if it has one (``fit_minirocket``); predicting after it fails."""
+        if getattr(self, "child", None) is not None:
+            self.child.close()
+
 
 def network_options(dataset, model_options):
     """``PlainTransformer`` keyword arguments for ``dataset``: its input (channels or vocabulary) and the model size."""
