@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..fit import FitError, register_method
 from ..posterior import Posterior
-from .mclmc import INTEGRATORS, MCLMC, Noise, adapt, sample
+from .mclmc import INTEGRATORS, Kernel, Noise, adapt, init, sample
 from .nuts import fit_nuts, fresh_start
 from .potential import LocalSitesError, LogDensity
 
@@ -203,7 +203,8 @@ def run_mclmc(model, data, members, o):
             "step_size": step_size.tolist(), "L": L.tolist(), "sample_stats": stats,
             "divergences": int(stats["diverging"].sum()),
             "energy_var_measured": float(np.var(stats["energy_change"], axis=1).mean() / d),
-            "gradients_per_chain": len(INTEGRATORS[o["integrator"]]) // 2 * (o["warmup"] + o["num_samples"] * o["thin"])}
+            "gradients_per_chain": len(INTEGRATORS[o["integrator"]]) // 2
+            * (o["warmup"] + o["num_samples"] * o["thin"])}
     return draws, info
 
 
@@ -217,17 +218,17 @@ def mclmc_group(model, data, starts, superchains, o, position=0):
     x0 = starts.repeat_interleave(per, dim=0)  # every chain of a superchain starts at its member
     noise = Noise([10**6 + o["seed"] * o["num_members"] + int(k) for k in superchains], [per] * starts.shape[0],
                   device=x0.device)
-    kernel = MCLMC(density, density.dim, o["integrator"])
+    kernel = Kernel(density, o["integrator"])
     c = x0.shape[0]
     total = c * (o["warmup"] + o["num_samples"] * o["thin"])
     bar = tqdm(total=total, desc=f"reference mclmc: {c} chains x steps", unit="step", unit_scale=True,
                disable=not o["progress"], leave=False, position=position)
     tick = (lambda n: bar.update(n * c))
-    state = kernel.init(x0, noise)
-    state, step_size, L = adapt(kernel, state, o["warmup"], noise, o["step_size"], energy_var=o["energy_var"],
-                                precondition=o["precondition"], callback=tick)
-    _, draws, stats = sample(kernel, state, o["num_samples"], o["thin"], step_size, L, noise,
+    state = init(x0, density, noise)
+    state, params = adapt(kernel, state, o["warmup"], noise, o["step_size"], energy_var=o["energy_var"],
+                          precondition=o["precondition"], callback=tick)
+    _, draws, stats = sample(kernel, state, params, o["num_samples"], o["thin"], noise,
                              keep=lambda x: {n: v.detach().clone() for n, v in density.constrain(x).items()},
                              callback=tick)
     bar.close()
-    return draws, stats, step_size.cpu().numpy(), L.cpu().numpy()
+    return draws, stats, params.step_size.cpu().numpy(), params.L.cpu().numpy()
