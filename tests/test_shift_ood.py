@@ -123,3 +123,18 @@ def test_bad_shift_requests_are_refused_by_name():
         shifted(clean, "noise", 4)
     with pytest.raises(data.DataError, match="token ids"):
         shifted(Split(torch.zeros(2, 5, dtype=torch.long), clean.y), "noise", 1)
+
+
+def test_the_held_out_class_is_out_of_training_and_is_the_near_ood_set():
+    from zoo.data.near_ood import held_out
+    from zoo.study.plan import load_dataset
+
+    ds = dataset("ArrowHead")
+    near = load_dataset("ArrowHead:held-out")
+    k = ds.num_classes
+    assert near.num_classes == k - 1 and near.classes == ds.classes[:-1]
+    assert set(near.train.y.tolist()) == set(range(k - 1)) and set(near.test.y.tolist()) <= set(range(k - 1))
+    x, mask = ood_inputs(near)
+    assert torch.equal(x, ds.test.x[ds.test.y == k - 1]) and len(near.test) + len(x) == len(ds.test)
+    with pytest.raises(data.DataError, match="at least 3"):
+        held_out(dataset("GunPoint"))

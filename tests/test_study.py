@@ -448,3 +448,13 @@ def test_a_row_whose_optional_package_is_missing_is_refused_before_the_study_sta
     with pytest.raises(StudyError, match=r"row 'laplace-torch' needs laplace-torch.*make peers"):
         run_study(tmp_path / "s", "ItalyPowerDemand", "0", "map,laplace-torch", num_samples=2, progress=False)
     assert not (tmp_path / "s").exists()
+
+
+def test_the_near_ood_arm_holds_out_a_class_of_every_dataset_with_three_or_more():
+    plan = make_plan("all", near_ood=True, methods="map")
+    names = [d["id"] for d in plan.datasets]
+    assert names and all(n.endswith(":held-out") for n in names) and "ArrowHead:held-out" in names
+    assert not any(n.startswith(("GunPoint", "ItalyPowerDemand")) for n in names)  # two classes: nothing to hold out
+    assert plan.config()["arm"] == "near-ood"
+    with pytest.raises(StudyError, match="at least 3"):
+        make_plan("GunPoint", near_ood=True, methods="map")

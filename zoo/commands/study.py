@@ -18,6 +18,9 @@ def add_arguments(parser):
                         help="every row and peer at the reference's network size, beside the reference row: distances "
                              "to the reference (tv, kl) are reported in this arm only, where they measure "
                              "approximation error on one network")
+    parser.add_argument("--near-ood", action="store_true",
+                        help="the near-OOD arm: each dataset (of 3 or more classes) trained without its last class, "
+                             "whose test series are the OOD set")
     parser.add_argument("--quick", action="store_true",
                         help=f"a fast sweep: steps x{recipes.QUICK['steps_scale']}, {recipes.QUICK['samples']} draws "
                              "(docs/study.md)")
@@ -57,7 +60,7 @@ def run(args):
                                 memory_budget=args.memory_budget, overwrite=args.overwrite, device=args.device,
                                 threads=args.threads, progress=not args.no_progress,
                                 report_only=args.report_only, reference_arm=args.reference_arm,
-                                shortest_first=args.shortest_first)
+                                shortest_first=args.shortest_first, near_ood=args.near_ood)
     summary = results["summary"]
     width = max([len(m) for m in results["study"]["methods"]] + [6])
     for dataset in results["study"]["datasets"]:

@@ -35,7 +35,10 @@ MIN_WINDOW = 0.5  # a window covers at least this fraction of a source series
 
 
 def ood_inputs(dataset, seed=0):
-    """(x [M, T, C] float32 or [M, T] token ids, mask [M, T] or None): OOD inputs for ``dataset``, M = test size."""
+    """(x [M, T, C] float32 or [M, T] token ids, mask [M, T] or None): OOD inputs for ``dataset``, M = test size;
+    a dataset that carries its own OOD set (a held-out class, ``near_ood``) gets that."""
+    if dataset.ood is not None:
+        return dataset.ood
     test = dataset.test
     rng = np.random.default_rng(seed)
     m, t = test.x.shape[:2]
@@ -45,7 +48,7 @@ def ood_inputs(dataset, seed=0):
         vocab = int(dataset.train.x.max()) + 1
         x = torch.as_tensor(rng.integers(0, vocab, size=(m, t)), dtype=test.x.dtype)
         return (x if mask is None else x.masked_fill(~mask, 0)), mask
-    source = source_series(dataset.name)
+    source = source_series(dataset.name.split(":")[0])
     c = dataset.input_dim
     mean, std = standardization(dataset, c)
     x = np.zeros((m, t, c), dtype=np.float32)

@@ -67,6 +67,7 @@ class Dataset:
     num_classes: int
     classes: list
     preprocessing: dict = field(default_factory=dict)
+    ood: tuple | None = None  # (x, mask) of its own OOD set (``near_ood.held_out``); None: the far-OOD windows
 
     @property
     def input_dim(self):

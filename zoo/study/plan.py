@@ -75,10 +75,13 @@ def data_fingerprint(dataset):
 
 
 def load_dataset(ref):
-    """A shipped dataset by name, or a user's ``.npz``/``.csv`` file by path."""
-    if Path(ref).suffix.lower() in (".npz", ".csv"):
-        return zdata.load_file(ref)
-    return zdata.load(ref)
+    """A shipped dataset by name, or a user's ``.npz``/``.csv`` file by path; ``"NAME:held-out"``: less its last
+    class, which becomes its near-OOD set (``zoo.data.near_ood``)."""
+    from ..data.near_ood import held_out, parse
+
+    ref, near = parse(ref)
+    dataset = zdata.load_file(ref) if Path(ref).suffix.lower() in (".npz", ".csv") else zdata.load(ref)
+    return held_out(dataset) if near else dataset
 
 
 def shipped_names():
@@ -153,7 +156,7 @@ class Plan:
     profile: str  # "full" (the recipes), "sweep" (recipes.SWEEP) or "quick" (recipes.QUICK)
     device: str = "cpu"
     versions: dict = field(default_factory=dict)
-    arm: str | None = None  # "reference": every row at the reference's network size
+    arm: str | None = None  # "reference": every row at the reference's network size; "near-ood": a class held out
 
     def config(self):
         """Everything the cells depend on; ``study.json`` stores it and its digest."""
@@ -187,13 +190,15 @@ PROFILES = {"full": ({}, None), "sweep": (recipes.SWEEP, recipes.SWEEP_GRID),
 
 
 def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, reference=False, steps_scale=None,
-              num_samples=None, device="cpu", chunk=PREDICT_CHUNK, sweep=False, reference_arm=False):
+              num_samples=None, device="cpu", chunk=PREDICT_CHUNK, sweep=False, reference_arm=False, near_ood=False):
     """Check every list and option and build the Plan; any problem is a one-line StudyError naming it.
 
     Names, seeds, methods and options are checked before any dataset is loaded. ``quick`` and
     ``sweep`` are budgets (``recipes.QUICK``, ``recipes.SWEEP``): fewer steps and draws, thinner grids.
     ``reference_arm``: every row and peer at the reference's network size, with the reference row, so
     a distance to the reference measures approximation error on one network (``at_reference_size``).
+    ``near_ood``: each dataset less its last class, whose test series are its OOD set (``zoo.data.near_ood``;
+    with ``datasets="all"``, the shipped sets of 3 or more classes).
     """
     reference = reference or reference_arm
     if quick and sweep:
@@ -201,6 +206,8 @@ def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, 
     profile = "quick" if quick else "sweep" if sweep else "full"
     budget, grid = PROFILES[profile]
     names = dataset_names(datasets)
+    if near_ood:
+        names = held_out_names(names, all_shipped=str(datasets).strip().lower() == "all")
     seeds = parse_seeds(seeds if seeds is not None else "0")
     offered = methods_offered(reference)
     if methods is None:
@@ -243,7 +250,7 @@ def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, 
         if ids.count(i) > 1:
             raise StudyError(f"--datasets names dataset '{i}' twice")
     return Plan(entries, seeds, rows, evaluation, profile, str(torch.device(device)), versions(),
-                "reference" if reference_arm else None)
+                "reference" if reference_arm else "near-ood" if near_ood else None)
 
 
 OPTIONAL = {"laplace-torch": ("laplace", "laplace-torch"), "laplace_lora": ("laplace", "laplace-torch")}
@@ -280,6 +287,15 @@ def thin(values, most):
     if len(values) <= most:
         return values
     return [values[round(i * (len(values) - 1) / (most - 1))] for i in range(most)]
+
+
+def held_out_names(names, all_shipped):
+    """The near-OOD references of ``names`` (``"NAME:held-out"``); for every shipped set, those of >= 3 classes."""
+    from ..data.near_ood import SUFFIX
+
+    if all_shipped:
+        names = [n for n in names if len(zdata.info(n).classes) >= 3]
+    return [n + SUFFIX for n in names]
 
 
 def dataset_names(datasets):

@@ -23,7 +23,7 @@ def default_out(plan):
 def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False, sweep=False, peers=True,
               reference=False, steps_scale=None, num_samples=None, jobs=None, scheduler=None, memory_budget=None,
               overwrite=False, device="cpu", threads=None, progress=True, report_only=False, reference_arm=False,
-              shortest_first=False):
+              shortest_first=False, near_ood=False):
     """Run (or resume) a study into folder ``out``; returns (the results dict, also in ``out/results.json``,
     the folder).
 
@@ -34,7 +34,8 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
     neither runs them here. ``memory_budget`` (bytes or "4G") is what one cell may use; by default half of the
     available memory shared among the concurrent cells. ``threads``: torch threads per cell (default: the
     cores, shared among the workers on each machine). ``reference_arm`` fits every row at the reference's network size
-    beside the reference (``plan.at_reference_size``). On Dask, cells start longest first (the shortest
+    beside the reference (``plan.at_reference_size``); ``near_ood`` trains each dataset without its last class and
+    scores that class's test series as OOD. On Dask, cells start longest first (the shortest
     makespan), or ``shortest_first`` (the most finished cells before a deadline). ``report_only`` runs nothing: it reports the cells of
     this plan that ``out`` holds finished (``report_finished``).
     """
@@ -47,9 +48,10 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
                                                  else int(memory_budget))
     chunk = PREDICT_CHUNK if budget is None else min(PREDICT_CHUNK, budget // 2)
     asked = (datasets, seeds, methods, steps_scale, num_samples, memory_budget)
-    if report_only and out is not None and all(v is None for v in asked) and not (quick or sweep or reference or reference_arm):
+    if report_only and out is not None and all(v is None for v in asked) and not (quick or sweep or reference or reference_arm or near_ood):
         return report_finished(plan_of_folder(out, device), out)
     plan = make_plan(datasets, seeds, methods, quick=quick, peers=peers, reference=reference, reference_arm=reference_arm,
+                     near_ood=near_ood,
                      steps_scale=steps_scale, num_samples=num_samples, device=device, chunk=chunk, sweep=sweep)
     if report_only:
         if jobs is not None or scheduler is not None:
@@ -116,7 +118,9 @@ def plan_of_folder(out, device="cpu"):
     try:
         config = json.loads((Path(out) / MARKER).read_text())["config"]
         evaluation = config["evaluation"]
-        return make_plan(config["datasets"], ",".join(map(str, config["seeds"])), config["methods"],
+        datasets = [d.split(":")[0] for d in config["datasets"]]
+        return make_plan(datasets, ",".join(map(str, config["seeds"])), config["methods"],
+                         near_ood=config.get("arm") == "near-ood",
                          quick=config["profile"] == "quick", sweep=config["profile"] == "sweep",
                          reference=recipes.REFERENCE["label"] in config["methods"],
                          reference_arm=config.get("arm") == "reference",
