@@ -29,6 +29,12 @@ study: install
 test: install
 	$(BIN)/python -m pytest
 
+# The committed sweep's report from its cells alone (results/sweep/, docs/sweep.md); the cells grow with
+# `bzoo study --datasets all --seeds 0,1,2 --sweep --jobs 2 --out results/sweep` (docs/study.md).
+sweep-report: install
+	$(BIN)/bzoo study --report-only --out results/sweep
+	$(BIN)/python -m zoo.study.pages results/sweep docs
+
 test-slow: install
 	$(BIN)/python -m pytest -m slow
 
@@ -45,4 +51,4 @@ $(BIN)/mkdocs:
 docs: $(BIN)/mkdocs
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-.PHONY: install peers study test test-slow docs
+.PHONY: install peers study test test-slow docs sweep-report

@@ -1,0 +1,40 @@
+"""The committed sweep (results/sweep/) is lean, and docs/sweep.md is exactly what its cells give."""
+import json
+import shutil
+from pathlib import Path
+
+from zoo.study.folder import StudyFolder
+from zoo.study.pages import status_block
+from zoo.study.run import plan_of_folder, read_cells
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ROOT / "results" / "sweep"
+KEPT = {".json", ".npz", ".png", ".md"}  # cells, study.json, detectors, the report and its plots: no posteriors
+MAX_BYTES = 64 << 20
+
+
+def test_the_committed_sweep_holds_cells_and_reports_only_and_stays_small():
+    files = [p for p in SWEEP.rglob("*") if p.is_file()]
+    assert (SWEEP / "study.json").is_file() and any(p.suffix == ".npz" for p in files)
+    assert {p.suffix for p in files} <= KEPT, sorted({p.suffix for p in files} - KEPT)
+    assert sum(p.stat().st_size for p in files) < MAX_BYTES
+
+
+def test_every_committed_cell_is_signed_and_matches_this_codes_plan():
+    plan = plan_of_folder(SWEEP)
+    folder = StudyFolder(SWEEP, plan.config(), plan.fingerprint(), overwrite=False, resuming=True)
+    cells, _ = read_cells(plan, folder)
+    on_disk = list((SWEEP / "cells").rglob("*.json"))
+    assert len(cells) == len(on_disk) > 0  # none stale, none edited
+
+
+def test_docs_sweep_page_is_the_report_of_the_committed_cells(tmp_path):
+    from zoo.study.run import report_finished
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(SWEEP, copy)
+    report_finished(plan_of_folder(copy), copy)
+    assert (copy / "results.md").read_text() == (ROOT / "docs" / "sweep.md").read_text(), \
+        "docs/sweep.md is stale: run `make sweep-report`"
+    block = status_block(json.loads((copy / "results.json").read_text()))
+    assert block in (ROOT / "docs" / "results.md").read_text(), "docs/results.md's status is stale"
