@@ -128,7 +128,8 @@ def kl_by_site(posterior, x, mask=None):
     finally:
         model.train(was_training)
     latent = {n: s for n, s in terms.model_trace.nodes.items() if is_latent(s)}
-    numbers = {n: s["value"].numel() / PARTICLES for n, s in latent.items()}  # values carry the particle dim
+    numbers = {n: s["value"].numel() / PARTICLES / copies(s, x.shape[0])
+               for n, s in latent.items()}  # values carry the particle dim
     attention = {n: row_entropy(s["value"]) for n, s in latent.items() if s["infer"].get("attention")}
     parts = {n: float(v) for n, v in (terms.kl_sites or {}).items()}
     joint = [s for s in terms.guide_trace.nodes.values() if is_latent(s) and s["infer"].get("is_auxiliary")]
@@ -140,6 +141,12 @@ def kl_by_site(posterior, x, mask=None):
         site = "all sites (joint guide)"
         return {site: max(sum(parts.values()), 0.0)}, {site: max(sum(numbers.values()), 1)}, {}
     return ({n: max(parts.get(n, 0.0), 0.0) for n in latent}, {n: max(numbers[n], 1) for n in latent}, attention)
+
+
+def copies(site, batch):
+    """How many times a model site's value repeats one draw: ``batch`` for a global latent expanded over the
+    batch (its attached posterior declares ``global_draw``), else 1."""
+    return batch if getattr(site["infer"].get("posterior"), "global_draw", False) else 1
 
 
 def row_entropy(w):

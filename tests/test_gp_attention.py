@@ -11,6 +11,7 @@ from torch.distributions import kl_divergence
 import inference
 import priors
 import zoo
+from inference.elbo import elbo_terms
 from inference.guides.gp import DecoupledPosterior, SGPAPosterior
 from priors.gp_attention import GPPrior, cholesky, kernel_matrix, restrict
 from zoo import cli
@@ -177,7 +178,8 @@ def test_kep_kl_is_the_dense_kl_to_the_singular_value_prior():
     loc, tril = guide.loc["blocks__0__attn__gp"], guide.scale_tril(site_name(0))
     expected = sum(dense_kl(loc[h, d], tril[h, d] @ tril[h, d].T, torch.diag(lam[h] ** 2))
                    for h in range(2) for d in range(3))
-    assert torch.allclose(kl_divergence(q, p), expected.expand(2), rtol=1e-8)
+    assert torch.allclose(q.global_kl(), expected.expand(2), rtol=1e-8)
+    assert torch.allclose(kl_divergence(q, p), expected.expand(2) / 2, rtol=1e-8)  # each of the 2 sequences: half
 
 
 @pytest.mark.parametrize("family", ["sgpa", "sgpa-decoupled"])
@@ -201,6 +203,25 @@ def test_draws_have_the_closed_form_moments(family):
     assert ((empirical - q.covariance()).abs() < 4.5 * se_cov).all()
 
 
+def test_decoupled_inducing_outputs_are_one_draw_shared_by_the_batch():
+    """Two sequences of a batch share the global inducing outputs: their draws covary by B S B^T, the global part's
+    covariance, and each alone keeps its full covariance."""
+    keys, z, values, k, g = tiny_kernel()
+    s = torch.diag_embed(torch.rand(2, 3, 4, generator=g, dtype=torch.float64) + 0.5)
+    two = [t.expand(2, *t.shape) for t in (k(keys, keys), values, k(keys, z), k(z, z))]
+    q = DecoupledPosterior(GPPrior(two[0], 3), two[1], two[2], two[3], values[:, :4], s, "site", share=0.5)
+    torch.manual_seed(0)
+    n = 20000
+    centred = (q.rsample((n,)) - q.mean).transpose(-1, -2)  # [n, 2, H, D, T]
+    shared = q.projection[0].unsqueeze(-3) @ s  # [H, D, T, M]
+    expected = shared @ shared.transpose(-1, -2)
+    empirical = torch.einsum("nhdt,nhds->hdts", centred[:, 0], centred[:, 1]) / n
+    var = q.covariance()[0].diagonal(dim1=-2, dim2=-1)
+    se = ((var[..., :, None] * var[..., None, :] + expected ** 2) / n).sqrt()
+    assert ((empirical - expected).abs() < 4.5 * se).all() and (expected.abs() > 10 * se).any()  # independent: ~0
+    assert torch.allclose(q.kl(), q.local_kl() + 0.5 * q.global_kl())
+
+
 # --- the model with the guides --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -212,10 +233,11 @@ def test_sites_are_local_and_padding_is_exact(family, one_thread):
         for p in guide.parameters():  # away from the initial values, so every part of the posterior matters
             p.add_(0.1 * torch.randn_like(p))
 
-    def run(xi, mi, mean):
+    def run(xi, mi, mean):  # per sequence, its local KL and the global KL (whole), each [B, layers]
         trace = poutine.trace(guide.local(model, mean=mean)).get_trace(xi, None, mi)
-        kl = torch.stack([kl_divergence(trace.nodes[n]["infer"]["posterior"], trace.nodes[n]["fn"])
-                          for n in model.attention_sites], -1)
+        posteriors = [trace.nodes[n]["infer"]["posterior"] for n in model.attention_sites]
+        kl = torch.stack([torch.stack([q.local_kl() for q in posteriors], -1),
+                          torch.stack([q.global_kl() for q in posteriors], -1)])
         return trace, kl
 
     with torch.no_grad():
@@ -231,7 +253,35 @@ def test_sites_are_local_and_padding_is_exact(family, one_thread):
             one, one_kl = run(xi, mi, mean=True)
             assert torch.allclose(one.nodes["_RETURN"]["value"], batch_mean.nodes["_RETURN"]["value"][i:i + 1],
                                   atol=1e-5)
-            assert torch.allclose(one_kl, batch_kl[i:i + 1], rtol=1e-4, atol=1e-4)
+            assert torch.allclose(one_kl, batch_kl[:, i:i + 1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_global_kl_counts_once_whatever_the_data_size_and_the_local_kl_scales_with_it(family, one_thread):
+    """The ELBO's KL at each site, for the same batch of 2 from N = 10 and N = 1000 sequences: N/2 local KLs + the
+    global KL once. KEP is global only (equal at both sizes), SGPA local only (100 times larger at N = 1000)."""
+    x, mask, _ = padded_batch()
+    model = tiny_model(family)
+    guide = tiny_guide(model, family, x, mask)
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+
+    def kl_sites(n):
+        pyro.set_rng_seed(0)  # the same draws at both sizes
+        with torch.no_grad():
+            terms = elbo_terms(model, guide, x, torch.tensor([0, 1]), mask, n)
+        return terms.kl_sites, terms.model_trace
+
+    (small, trace), (large, _) = kl_sites(10), kl_sites(1000)
+    for name in model.attention_sites:
+        q = trace.nodes[name]["infer"]["posterior"]
+        local, whole = q.local_kl().sum(), q.global_kl()[0]
+        assert torch.allclose(small[name], 5 * local + whole) and torch.allclose(large[name], 500 * local + whole)
+        if family == "kep-svgp":
+            assert torch.allclose(small[name], large[name]) and small[name] > 0
+        if family == "sgpa":
+            assert torch.allclose(large[name], 100 * small[name]) and small[name] > 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -305,7 +355,8 @@ def test_kep_adds_its_ksvd_regularizer_and_its_rank_shapes_the_sites():
     x, mask, _ = padded_batch()
     model = tiny_model("kep-svgp", attention_prior="kep:rank=2,ksvd=0.5")
     trace = poutine.trace(tiny_guide(model, "kep-svgp", x, mask).local(model)).get_trace(x, None, mask)
-    assert trace.nodes[site_name(0)]["value"].shape == (2, 2, 2, 2)
+    u = trace.nodes[site_name(0)]["value"]
+    assert u.shape == (2, 2, 2, 2) and torch.equal(u[0], u[1])  # global: one draw shared by the batch
     factor = trace.nodes["blocks.0.attn.ksvd"]
     assert factor["is_observed"] and factor["fn"].log_prob(factor["value"]).shape == (2,)
     assert "blocks.0.attn.ksvd" not in poutine.trace(tiny_model("kep-svgp", attention_prior="kep:rank=2,ksvd=0"))\
@@ -386,3 +437,22 @@ def test_sgpa_on_italy_power_demand_beats_map_nll():
         results[row["guide"]] = inference.evaluate(post.predict(ds.test.x, 100, batch_size=256), ds.test.y)
     assert results["sgpa"]["accuracy"] >= 0.95
     assert results["sgpa"]["nll"] < results["map"]["nll"]
+
+
+def test_a_global_latent_counts_its_numbers_and_its_kl_once_per_fit():
+    """KEP's u is one draw shared by the batch: the degeneracy check divides its (whole) KL by H r D numbers,
+    not by B copies of them, so a fit's KL per attention number does not shrink with the batch."""
+    from inference.degeneracy import kl_by_site
+    x, mask, _ = padded_batch()
+    model = tiny_model("kep-svgp").double()
+    guide = tiny_guide(model, "kep-svgp", x.double(), mask).double()
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.normal_(0, 0.3)
+    posterior = inference.Posterior(model, "kep-svgp", guide=guide)
+    kl, numbers, _ = kl_by_site(posterior, x.double(), mask)
+    heads, rank, dims = guide.loc["blocks__0__attn__gp"].shape
+    assert numbers[site_name(0)] == heads * rank * dims
+    trace = poutine.trace(guide.local(model)).get_trace(x.double(), None, mask)
+    assert kl[site_name(0)] == pytest.approx(float(trace.nodes[site_name(0)]["infer"]["posterior"].global_kl()[0].detach()),
+                                             rel=1e-6)

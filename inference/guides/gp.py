@@ -15,11 +15,19 @@ that ``inference.elbo`` adds its closed-form KL. Per head and output dimension d
   the keys carry the mean (values v as above), M global inducing points Z per head carry
   the covariance: mean C v_d + K_qZ m_d, covariance C + B S_d B^T, with C = K_qq - B B^T,
   B = K_qZ L_Z^{-T}, S_d = s_d s_d^T (whitened). KL = (|s_d|_F^2 - 2 sum log diag s_d - M
-  + m_d^T K_ZZ m_d + v_d^T C v_d) / 2, the KL of the inducing variables, which bounds the
-  site's own KL from above (and equals it for standard SGPA).
+  + m_d^T K_ZZ m_d) / 2 for the global inducing outputs plus v_d^T C v_d / 2 per sequence,
+  the KL of the inducing variables, which bounds the site's own KL from above (and equals
+  it for standard SGPA).
 - ``kep-svgp`` (Chen et al. 2024): the site is the inducing outputs u_d ~ N(m_d, s_d s_d^T)
-  of the model's kernel-SVD SVGP, global parameters drawn afresh for every sequence;
-  KL to N(0, diag(lambda)^2) is torch's closed form for two multivariate normals.
+  of the model's kernel-SVD SVGP, a global variable; KL to N(0, diag(lambda)^2) is torch's
+  closed form for two multivariate normals.
+
+Global latents are global: the decoupled form's inducing outputs at Z and KEP's u are drawn
+once per step (per particle or predictive draw) and shared by every sequence of the batch,
+and their KL enters the ELBO once. The site stays in the ``data`` plate (each sequence's
+attention, or u, has its marginal prior there), so a posterior's ``kl()`` is the site's part
+of the ELBO's KL: its local KL plus ``share`` = 1/N of the global KL, and the plate's N/B
+scaling over a batch of B sequences counts the global KL exactly once.
 
 Covariance factors s carry a learned per-head scale ``exp(log_param)`` (``init_scale``).
 """
@@ -30,8 +38,9 @@ import torch
 import torch.nn as nn
 from pyro import poutine
 from pyro.distributions import constraints
+from pyro.poutine.runtime import get_plates
 from torch.distributions.utils import lazy_property
-from torch.distributions import register_kl
+from torch.distributions import kl_divergence, register_kl
 
 from priors.gp_attention import GPPrior, cholesky, token_mask, triangular_inverse
 
@@ -45,6 +54,7 @@ class GPPosterior(dist.TorchDistribution):
     arg_constraints = {}
     support = constraints.independent(constraints.real, 3)
     has_rsample = True
+    share = 1.0  # this sequence's part of the global KL: 1/N inside a data plate of N sequences
 
     def __init__(self, prior, loc):
         self.prior, self.loc = prior, token_mask(loc, prior.mask)
@@ -57,9 +67,17 @@ class GPPosterior(dist.TorchDistribution):
     def noise(self, sample_shape=torch.Size()):
         return torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
 
-    def kl(self):
-        """KL(q || p) in closed form, [*batch_shape]."""
+    def local_kl(self):
+        """Per sequence, the KL of its own latents, [*batch_shape]."""
         raise NotImplementedError
+
+    def global_kl(self):
+        """The KL of the global latents, whole (not shared out), [*batch_shape]."""
+        return self.loc.new_zeros(self.batch_shape)
+
+    def kl(self):
+        """The site's part of the ELBO's KL, [*batch_shape]: its local KL and its ``share`` of the global KL."""
+        return self.local_kl() + self.share * self.global_kl()
 
     def covariance(self):
         """Dense covariance per head and output dimension, [*batch, H, D, T, T] (for tests and diagnostics)."""
@@ -92,7 +110,7 @@ class SGPAPosterior(GPPosterior):
         """The draw that standard normal noise ``eps`` [..., H, T, D] maps to."""
         return token_mask(self.loc + self.prior.scale_tril @ (self.log_scale.exp() * eps), self.prior.mask)
 
-    def kl(self):
+    def local_kl(self):
         a = self.log_scale
         return 0.5 * ((2 * a).exp() - 1 - 2 * a + self.values * self.loc).sum((-3, -2, -1))
 
@@ -105,12 +123,14 @@ class DecoupledPosterior(GPPosterior):
     """Decoupled SGPA: mean C v_d + K_qZ m_d, covariance C + B s_d s_d^T B^T (see the module docstring).
 
     ``cross`` K_qZ [..., H, T, M] (zero rows at padding), ``inducing_covariance`` K_ZZ [..., H, M, M],
-    ``inducing_values`` m [H, M, D], ``scale_tril`` s [H, D, M, M]; ``site`` names Cholesky errors.
+    ``inducing_values`` m [H, M, D], ``scale_tril`` s [H, D, M, M]; ``site`` names Cholesky errors;
+    ``share`` is this sequence's part of the global KL (1/N of a data plate of N sequences). The inducing
+    outputs are global: one draw per step along the batch's last dimension (the data plate's).
     """
 
-    def __init__(self, prior, values, cross, inducing_covariance, inducing_values, scale_tril, site):
+    def __init__(self, prior, values, cross, inducing_covariance, inducing_values, scale_tril, site, share=1.0):
         self.values, self.cross, self.inducing_covariance = values, cross, inducing_covariance
-        self.inducing_values, self.scale_tril, self.site = inducing_values, scale_tril, site
+        self.inducing_values, self.scale_tril, self.site, self.share = inducing_values, scale_tril, site, share
         inverse = triangular_inverse(cholesky(inducing_covariance, site))
         self.projection = cross @ inverse.transpose(-1, -2)  # B = K_qZ L_Z^-T [..., H, T, M]
         self.residual = prior.covariance - self.projection @ self.projection.transpose(-1, -2)  # C
@@ -127,25 +147,79 @@ class DecoupledPosterior(GPPosterior):
 
     def rsample(self, sample_shape=torch.Size()):
         eps = self.noise(sample_shape)
-        inducing = torch.randn(eps.shape[:-2] + self.scale_tril.shape[-3:-1], dtype=eps.dtype, device=eps.device)
-        return self.draw(eps, inducing)
+        heads, dims, inducing = self.event_shape[0], *self.scale_tril.shape[-3:-1]
+        shared = torch.Size(sample_shape) + global_batch(self.batch_shape) + (heads, dims, inducing)
+        return self.draw(eps, torch.randn(shared, dtype=eps.dtype, device=eps.device))
 
     def draw(self, eps, inducing_eps):
-        """The draw from standard normal noise ``eps`` [..., H, T, D] and ``inducing_eps`` [..., H, D, M]."""
+        """The draw from standard normal noise ``eps`` [..., H, T, D] and ``inducing_eps`` [..., H, D, M]
+        (one per batch, [..., 1, H, D, M], or one per sequence)."""
         inducing = (self.scale_tril @ inducing_eps.unsqueeze(-1)).squeeze(-1).transpose(-1, -2)  # [..., H, M, D]
         return token_mask(self.loc + self.residual_tril @ eps + self.projection @ inducing, self.prior.mask)
 
-    def kl(self):
+    def local_kl(self):
+        return 0.5 * (self.values * (self.residual @ self.values)).sum((-3, -2, -1))
+
+    def global_kl(self):
         s, m = self.scale_tril, self.inducing_values
-        global_part = 0.5 * (s.pow(2).sum((-4, -3, -2, -1)) - 2 * s.diagonal(dim1=-2, dim2=-1).log().sum((-3, -2, -1))
-                             - s.shape[-1] * s.shape[-3] * s.shape[-4]
-                             + (m * (self.inducing_covariance @ m)).sum((-3, -2, -1)))
-        local_part = 0.5 * (self.values * (self.residual @ self.values)).sum((-3, -2, -1))
-        return (global_part + local_part).expand(self.batch_shape)
+        kl = 0.5 * (s.pow(2).sum((-4, -3, -2, -1)) - 2 * s.diagonal(dim1=-2, dim2=-1).log().sum((-3, -2, -1))
+                    - s.shape[-1] * s.shape[-3] * s.shape[-4] + (m * (self.inducing_covariance @ m)).sum((-3, -2, -1)))
+        return kl.expand(self.batch_shape)
 
     def covariance(self):
         inducing = self.projection.unsqueeze(-3) @ self.scale_tril  # [..., H, D, T, M]
         return self.residual.unsqueeze(-3) + inducing @ inducing.transpose(-1, -2)
+
+
+class KEPPosterior(dist.TorchDistribution):
+    """KEP-SVGP's inducing outputs u_d ~ N(m_d, s_d s_d^T), a global variable: one draw per step along the batch's
+    last dimension (the data plate's), shared by its sequences. ``kl()`` is the site's part of the ELBO's KL,
+    ``share`` (1/N of a data plate of N sequences) of KL(q || ``prior``)."""
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.real, 3)
+    has_rsample = True
+    global_draw = True  # one draw serves the whole batch: its latent numbers are counted once (inference.degeneracy)
+
+    def __init__(self, prior, loc, scale_tril, share=1.0, batch_shape=torch.Size()):
+        self.prior, self.loc, self.scale_tril, self.share = prior, loc, scale_tril, share
+        self.base = dist.MultivariateNormal(loc, scale_tril=scale_tril).to_event(2)
+        super().__init__(torch.Size(batch_shape), self.base.event_shape, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return KEPPosterior(self.prior.expand(batch_shape), self.loc, self.scale_tril, self.share, batch_shape)
+
+    @property
+    def mean(self):
+        return self.loc.expand(self.batch_shape + self.event_shape)
+
+    def rsample(self, sample_shape=torch.Size()):
+        draw = self.base.rsample(torch.Size(sample_shape) + global_batch(self.batch_shape))
+        return draw.expand(self._extended_shape(sample_shape))
+
+    def local_kl(self):
+        return self.loc.new_zeros(self.batch_shape)
+
+    def global_kl(self):
+        return kl_divergence(self.base, self.prior).expand(self.batch_shape)
+
+    def kl(self):
+        return self.share * self.global_kl()
+
+
+@register_kl(KEPPosterior, dist.Independent)
+def _kl_kep(q, p):
+    return q.kl()
+
+
+def global_batch(batch_shape):
+    """The batch shape of a global draw: the last (data plate) dimension of ``batch_shape`` becomes 1."""
+    return batch_shape[:-1] + (1,) if batch_shape else batch_shape
+
+
+def share_per_sequence():
+    """Each sequence's part of a global KL: 1/N inside a ``data`` plate of N sequences (1 outside one)."""
+    return 1.0 / next((f.full_size or f.size for f in get_plates() if f.name == "data"), 1)
 
 
 class _GPGuide(AttentionGuide):
@@ -219,7 +293,7 @@ class DecoupledSGPA(_GPGuide):
         z = self.inducing_inputs[k]
         cross = token_mask(kernel(context["keys"], z), context["mask"])  # K_qZ, zero rows at padding
         return DecoupledPosterior(context["prior"], context["values"], cross, kernel(z, z), self.inducing_values[k],
-                                  self.scale_tril(name), name)
+                                  self.scale_tril(name), name, share_per_sequence())
 
 
 def prototype_keys(model, x, mask, count):
@@ -254,4 +328,5 @@ class KEPSVGP(_GPGuide):
         self.make_tril({n: (heads, r, r) for n, r in ranks.items()})
 
     def posterior(self, name, context):
-        return dist.MultivariateNormal(self.loc[_key(name)], scale_tril=self.scale_tril(name)).to_event(2)
+        return KEPPosterior(context["prior"], self.loc[_key(name)], self.scale_tril(name), share_per_sequence(),
+                            context["prior"].batch_shape)
