@@ -191,6 +191,16 @@ def sgpa_step_ratio(steps):
     return step_ratio("sgpa", steps, bayes="sgpa")
 
 
+@figure("cgpt_step_ratio", ("<=", 2.5))
+def cgpt_step_ratio(steps):
+    return step_ratio("cgpt", steps, bayes="cgpt")
+
+
+@figure("cgpt_sparse_step_ratio", note="no target: the sparse CGPT, M learned inducing inputs")
+def cgpt_sparse_step_ratio(steps):
+    return step_ratio("cgpt-sparse", steps, bayes="cgpt-sparse")
+
+
 @figure("fsvi_step_ratio", ("<=", 3.0))
 def fsvi_step_ratio(steps):
     return step_ratio("fsvi", steps)

@@ -114,7 +114,8 @@ def check(posterior, x, mask=None, probs=None):
 @torch.no_grad()
 def kl_by_site(posterior, x, mask=None):
     """(site -> KL(q || p) in nats, site -> latent numbers, attention site -> mean row entropy) for a guide-based,
-    non-point posterior; ({}, {}, {}) otherwise."""
+    non-point posterior; ({}, {}, {}) otherwise. A site whose attached term is not a KL (its posterior declares
+    ``is_kl = False``: CGPT's regularizer) has no KL entry."""
     if posterior.guide is None or posterior.point:
         return {}, {}, {}
     model, guide = posterior.model, posterior.guide
@@ -140,7 +141,9 @@ def kl_by_site(posterior, x, mask=None):
             return {site: max(sum(parts.values()), 0.0)}, {site: max(sum(counted), 1)}, {}
         site = "all sites (joint guide)"
         return {site: max(sum(parts.values()), 0.0)}, {site: max(sum(numbers.values()), 1)}, {}
-    return ({n: max(parts.get(n, 0.0), 0.0) for n in latent}, {n: max(numbers[n], 1) for n in latent}, attention)
+    divergences = [n for n, s in latent.items() if getattr(s["infer"].get("posterior"), "is_kl", True)]
+    return ({n: max(parts.get(n, 0.0), 0.0) for n in divergences}, {n: max(numbers[n], 1) for n in divergences},
+            attention)
 
 
 def copies(site, batch):

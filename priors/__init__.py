@@ -2,6 +2,7 @@
 from .attention import (AttentionPrior, GammaAttention, KeyDirichlet, MaskedDirichlet, MaskedGamma, MaskedWeibull,
                         SymmetricDirichlet)
 from .base import Prior, PriorError, Site
+from .cgpt import CGPConditional, CGPTPrior, SparseCGPTPrior
 from .empirical import Empirical
 from .gp import GP
 from .gp_attention import CholeskyError, GPPrior, KEPPrior, SGPAPrior
@@ -13,4 +14,5 @@ from .weight import Gaussian, Laplace, StudentT
 __all__ = ["Prior", "PriorError", "Site", "Gaussian", "Laplace", "StudentT",
            "HierarchicalGaussian", "Empirical", "PriorMap", "parse", "register",
            "AttentionPrior", "SymmetricDirichlet", "KeyDirichlet", "GammaAttention", "MaskedDirichlet",
-           "MaskedWeibull", "MaskedGamma", "SGPAPrior", "KEPPrior", "GPPrior", "CholeskyError", "GP"]
+           "MaskedWeibull", "MaskedGamma", "SGPAPrior", "KEPPrior", "GPPrior", "CholeskyError", "GP",
+           "CGPTPrior", "SparseCGPTPrior", "CGPConditional"]

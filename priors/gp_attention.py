@@ -106,6 +106,26 @@ def triangular_inverse(lower, leaf=8):
     return out
 
 
+def lower_inverse(lower):
+    """``triangular_inverse`` with its gradient written out, d(L^-1) = -L^-1 dL L^-1 (two products), instead of
+    autograd through the block recursion's slices and copies."""
+    return _LowerInverse.apply(lower) if lower.requires_grad else triangular_inverse(lower)
+
+
+class _LowerInverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lower):
+        inverse = triangular_inverse(lower)
+        ctx.save_for_backward(inverse)
+        return inverse
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        transposed = inverse.transpose(-1, -2)
+        return -torch.tril(transposed @ grad @ transposed)
+
+
 def per_head(value, event_dims):
     """A per-head hyperparameter [H, *e] -> [H, 1, *e], or drawn [S, H, *e] -> [S, 1, H, 1, *e]:
     it broadcasts against inputs [H, n, d], [B, H, n, d] and [S, B, H, n, d]."""
@@ -239,8 +259,8 @@ class KEPPrior(Prior):
     serves = ("kep-svgp",)
 
     def __init__(self, rank=8, samples=None, ksvd=1.0):
-        self.rank = _count("rank", rank, self.name)
-        self.samples = _count("samples", samples if samples is not None else 10 * self.rank, self.name)
+        self.rank = whole_number("rank", rank, self.name)
+        self.samples = whole_number("samples", samples if samples is not None else 10 * self.rank, self.name)
         self.ksvd = float(ksvd)
         if not (self.ksvd >= 0 and math.isfinite(self.ksvd)):
             raise PriorError(f"{self.name}: parameter 'ksvd' must be >= 0 and finite, got {ksvd}")
@@ -258,7 +278,8 @@ class KEPPrior(Prior):
         return format_spec(self.name, {"rank": self.rank, "samples": self.samples, "ksvd": self.ksvd})
 
 
-def _count(name, value, prior):
+def whole_number(name, value, prior):
+    """A count parameter of ``prior``: a whole number >= 1 (5.0 reads as 5), or a one-line PriorError naming it."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):

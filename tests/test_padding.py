@@ -51,6 +51,11 @@ FORMS = {  # name -> (TransformerClassifier options, predict(model, x, mask) -> 
     "bam mean": ({"bayes": "bam"}, attention_mean("bam"), True),
     "bam draws": ({"bayes": "bam"}, attention_draws("bam"), False),
     "mc dropout": ({"bayes": "none", "dropout": 0.3}, dropout_draws, False),
+    "cgpt mean": ({"bayes": "cgpt"}, attention_mean("cgpt"), True),
+    "cgpt draws": ({"bayes": "cgpt"}, attention_draws("cgpt"), False),
+    "cgpt-sparse mean": ({"bayes": "cgpt-sparse", "attention_prior": "cgpt-sparse:inducing=2"},  # docs/cgpt.md
+                         attention_mean("cgpt-sparse"), True),
+    "cgpt-sparse draws": ({"bayes": "cgpt-sparse"}, attention_draws("cgpt-sparse"), False),
 }
 
 

@@ -25,6 +25,8 @@ FIT = {
     "sgpa": {"steps": 1500, "lr": 3e-3},
     "sgpa-decoupled": {"steps": 1500, "lr": 3e-3},
     "kep-svgp": {"steps": 1500, "lr": 3e-3},
+    "cgpt": {"steps": 1500, "lr": 3e-3},
+    "cgpt-sparse": {"steps": 1500, "lr": 3e-3},
     "fsvi": {"steps": 2000, "lr": 1e-2},
     "blob": {"steps": 2000, "lr": 1e-2},
     "laplace_lora": {"steps": 1000, "lr": 1e-2},
@@ -81,6 +83,9 @@ STUDY = [
     {"label": "sgpa-decoupled attention", "guide": "sgpa-decoupled", "bayes": "sgpa-decoupled",
      "select": {"temperature": KL_WEIGHTS}},
     {"label": "kep-svgp attention", "guide": "kep-svgp", "bayes": "kep-svgp", "select": {"temperature": KL_WEIGHTS}},
+    # CGPT has no KL: its knob is the weight lambda of the CGP loss (docs/cgpt.md).
+    {"label": "cgpt attention", "guide": "cgpt", "bayes": "cgpt",
+     "select": {"guide_options": [{"cgp_weight": v} for v in (1e-4, 1e-3, 1e-2)]}},
     {"label": "laplace", "guide": "laplace", "select": {"prior": PRIOR_SCALES}},
     {"label": "ensemble", "guide": "ensemble", "select": {"lr": LRS}},
     {"label": "mc_dropout", "guide": "mc_dropout", "select": {"model.dropout": [0.05, 0.1, 0.2]}},

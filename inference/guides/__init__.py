@@ -4,6 +4,7 @@ Weight-space guides live in ``weight``, attention-space guides in ``attention``,
 function-space guide (a GP prior over the logits) in ``fsvi``; a new family registers its guide here.
 """
 from .attention import BAM, Dirichlet
+from .cgpt import CGPT, SparseCGPT
 from .fsvi import FSVI
 from .gp import KEPSVGP, SGPA, DecoupledSGPA
 from .lora import BLoB
@@ -18,9 +19,11 @@ GUIDES = {
     "sgpa": SGPA,
     "sgpa-decoupled": DecoupledSGPA,
     "kep-svgp": KEPSVGP,
+    "cgpt": CGPT,
+    "cgpt-sparse": SparseCGPT,
     "fsvi": FSVI,
     "blob": BLoB,
 }
 
 __all__ = ["GUIDES", "Delta", "MeanField", "low_rank", "Dirichlet", "BAM", "SGPA", "DecoupledSGPA", "KEPSVGP",
-           "FSVI", "BLoB", "MIN_SCALE", "global_sites"]
+           "CGPT", "SparseCGPT", "FSVI", "BLoB", "MIN_SCALE", "global_sites"]

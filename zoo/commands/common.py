@@ -29,7 +29,8 @@ def add_model_arguments(parser, many_priors=False):
     parser.add_argument("--attention-prior", metavar="SPEC",
                         help="prior of attention rows with --bayes attention|bam (e.g. dirichlet:concentration=1, "
                              "key-dirichlet, bam-gamma), or of GP attention with --bayes sgpa|sgpa-decoupled "
-                             "(sgpa:kernel=exponential|ard,lengthscale=L,scale=S) or kep-svgp (kep:rank=R,ksvd=W); "
+                             "(sgpa:kernel=exponential|ard,lengthscale=L,scale=S) or kep-svgp (kep:rank=R,ksvd=W), or of "
+                             "correlated-GP attention with --bayes cgpt|cgpt-sparse (cgpt-sparse:inducing=M); "
                              "default: the family's own, DEFAULT_ATTENTION_PRIOR in zoo/models/classifier.py)")
     for key, value in recipes.MODEL.items():
         parser.add_argument(flag(key), type=int, default=value, help="model size")

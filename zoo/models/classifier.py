@@ -11,16 +11,18 @@ import torch.nn as nn
 import priors as priors_pkg
 from priors import PriorMap, Site
 
-from . import gp_attention
+from . import cgpt, gp_attention
 from .attention import FAMILIES, SampledAttention, site_name
+from .cgpt import CGPT_FAMILIES
 from .gp_attention import GP_FAMILIES
 from .transformer import Transformer, TransformerConfig
 
-WHERE = ("weights", "last-layer", "none", *FAMILIES, *GP_FAMILIES)
+WHERE = ("weights", "last-layer", "none", *FAMILIES, *GP_FAMILIES, *CGPT_FAMILIES)
 DEFAULT_PRIOR = "gaussian:scale=1"
-DEFAULT_ATTENTION_PRIOR = {"dirichlet": "dirichlet:concentration=1", "bam": "bam-gamma", **gp_attention.DEFAULT_PRIOR}
+DEFAULT_ATTENTION_PRIOR = {"dirichlet": "dirichlet:concentration=1", "bam": "bam-gamma", **gp_attention.DEFAULT_PRIOR,
+                           **cgpt.DEFAULT_PRIOR}
 ATTENTION = {"attention": "dirichlet", "dirichlet": "dirichlet", "bam": "bam",
-             **{f: f for f in GP_FAMILIES}}  # --bayes word -> family
+             **{f: f for f in (*GP_FAMILIES, *CGPT_FAMILIES)}}  # --bayes word -> family
 
 
 class ModelError(ValueError):
@@ -60,7 +62,7 @@ def split_attention(bayes):
 def describe(name, param, net):
     """The Site a prior sees for parameter ``name``: shape, fan-in and role."""
     owner = net.get_submodule(name.rsplit(".", 1)[0])
-    if isinstance(owner, (gp_attention.Kernel, gp_attention.KernelEigenPairs)):
+    if isinstance(owner, (gp_attention.Kernel, gp_attention.KernelEigenPairs, cgpt.CGPTParameters)):
         return Site(name, tuple(param.shape), 1, "kernel")
     if isinstance(owner, nn.LayerNorm):
         return Site(name, tuple(param.shape), 1, "norm")
@@ -120,11 +122,13 @@ class TransformerClassifier(nn.Module):
         if self.attention:
             self.attention_prior = parse_attention_prior(attention_prior or DEFAULT_ATTENTION_PRIOR[self.attention],
                                                          self.attention)
-            names = gp_attention.site_name if self.attention in GP_FAMILIES else site_name
+            names = gp_attention.site_name if self.attention in (*GP_FAMILIES, *CGPT_FAMILIES) else site_name
             self.attention_sites = [names(i) for i in range(depth)]
             resolved = PriorMap(self.attention_prior).resolve(self.attention_sites)
             if self.attention in GP_FAMILIES:  # kernel parameters join the network, where `bayes` globs reach them
                 gp_attention.install(self.net, self.attention, resolved)
+            elif self.attention in CGPT_FAMILIES:
+                cgpt.install(self.net, self.attention, resolved)
             else:
                 self.net.attend = SampledAttention(self.attention, resolved)
         self.declare_sites(bayesian_names(self.net, weights), prior)

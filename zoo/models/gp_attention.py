@@ -106,12 +106,12 @@ class GPAttention:
         """KEP-SVGP: scores e(q), r(k) on data-dependent projections, inducing outputs u, f = (e + r) / lambda u^T."""
         name, prior = site_name(layer), self.priors[site_name(layer)]
         a = f"blocks.{layer}.attn.kep."
-        we, wr = (_lead(params[a + w], 3) for w in ("we", "wr"))
+        we, wr = (lead_draws(params[a + w], 3) for w in ("we", "wr"))
         spaced = spaced_tokens(v, mask, prior.samples).transpose(-1, -2)  # [..., H, dh, s]
         e = F.normalize(q, dim=-1) @ (spaced @ we)  # [..., H, T, r]
         r = F.normalize(k, dim=-1) @ (spaced @ wr)
         singular = params[a + "log_singular"].exp()  # [(S,) H, r]
-        lam = _lead(singular, 2).unsqueeze(-2)  # [(S, 1,) H, 1, r]
+        lam = lead_draws(singular, 2).unsqueeze(-2)  # [(S, 1,) H, 1, r]
         fn = prior(Site(name, (q.shape[-3], prior.rank, prior.rank), prior.rank, "attention",
                         context={"singular_values": singular, "mask": mask})).expand(q.shape[:-3])  # [(S,) B]
         u = pyro.sample(name, fn, infer={"attention": {"family": self.family, "prior": fn, "mask": mask}})
@@ -121,7 +121,7 @@ class GPAttention:
         return linear(f, params[a + "out.weight"], params[a + "out.bias"])
 
 
-def _lead(value, dims):
+def lead_draws(value, dims):
     """A parameter of ``dims`` dims, or drawn with a leading S: [S, ...] -> [S, 1, ...] to broadcast over the batch."""
     return value.unsqueeze(1) if value.dim() > dims else value
 
