@@ -1,6 +1,7 @@
 """The prior interface: one method that maps a sample site to a distribution."""
 from dataclasses import dataclass, field
 from math import prod
+from pathlib import Path
 
 import numpy as np
 import pyro.distributions as dist
@@ -90,3 +91,9 @@ def format_spec(name, params):
     def show(v):
         return str(v).lower() if isinstance(v, bool) else f"{v:g}"
     return name + (":" + ",".join(f"{k}={show(v)}" for k, v in params.items()) if params else "")
+
+
+def resolve(path, base=None):
+    """``path`` as given if absolute, else relative to ``base`` (when given): how a prior file names another."""
+    path = Path(path)
+    return path if base is None or path.is_absolute() else Path(base) / path

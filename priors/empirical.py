@@ -2,7 +2,7 @@
 import pyro.distributions as dist
 import torch
 
-from .base import Prior, PriorError, format_spec, independent, positive
+from .base import Prior, PriorError, format_spec, independent, positive, resolve
 
 
 class Empirical(Prior):
@@ -33,8 +33,6 @@ class Empirical(Prior):
     def load(cls, path, min_scale=1e-2, base=None):
         """From a weights file; a relative ``path`` is read from ``base`` (default: the current folder) and
         kept as given, so ``spec()`` stays relative (a run folder moves whole)."""
-        from .spec import resolve
-
         file = resolve(str(path), base)
         if not file.is_file():
             raise PriorError(f"empirical: weights file '{file}' does not exist")

@@ -8,9 +8,8 @@ so a saved posterior finds the files its prior reads beside it.
 """
 import inspect
 import json
-from pathlib import Path
 
-from .base import PriorError
+from .base import PriorError, resolve
 from .empirical import Empirical
 from .hierarchical import HierarchicalGaussian
 from .prior_map import PriorMap
@@ -85,12 +84,6 @@ def parse(spec, base=None):
             raise PriorError(f"prior file '{spec}' must map globs to prior specs, e.g. {{\"*\": \"gaussian:scale=1\"}}")
         return parse(mapping, base)
     return parse_one(spec, base)
-
-
-def resolve(path, base=None):
-    """``path`` as given if absolute, else relative to ``base`` (when given)."""
-    path = Path(path)
-    return path if base is None or path.is_absolute() else Path(base) / path
 
 
 def _no_duplicates(source):

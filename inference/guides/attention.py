@@ -28,7 +28,7 @@ from pyro.poutine.messenger import Messenger
 
 from priors import MaskedDirichlet, MaskedWeibull
 
-from .weight import _key, global_sites
+from .weight import _key, global_sites, weight_guide
 
 
 class LocalPosterior(Messenger):
@@ -57,14 +57,11 @@ class AttentionGuide(nn.Module):
 
     def __init__(self, model, *args, init, weights="mean_field", **weight_options):
         super().__init__()
-        from . import GUIDES  # the registry is filled once this module is imported
-
         if getattr(model, "attention", None) != self.family:
             raise TypeError(f"the model has no {self.family} attention sites (build it with bayes containing "
                             f"'{'attention' if self.family == 'dirichlet' else self.family}')")
-        if weights not in GUIDES or (isinstance(GUIDES[weights], type) and issubclass(GUIDES[weights], AttentionGuide)):
-            raise TypeError(f"weights guide '{weights}' is not a weight-space guide")
-        self.weights = GUIDES[weights](model, *args, **weight_options) if global_sites(model, *args) else None
+        guide = weight_guide(weights)
+        self.weights = guide(model, *args, **weight_options) if global_sites(model, *args) else None
         heads = model.cfg.heads
         self.log_param = nn.ParameterDict({_key(n): nn.Parameter(torch.full((heads, 1, 1), math.log(init)))
                                            for n in model.attention_sites})

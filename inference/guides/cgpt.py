@@ -23,8 +23,8 @@ from torch.distributions import register_kl
 
 from priors.cgpt import CGPConditional
 
-from .attention import AttentionGuide, LocalPosterior
-from .weight import global_sites
+from .attention import LocalPosterior
+from .weight import global_sites, weight_guide
 
 CGP_WEIGHT = 1e-3  # lambda's default; the study selects it on validation (docs/cgpt.md)
 
@@ -68,17 +68,13 @@ class CGPT(nn.Module):
 
     def __init__(self, model, x, y=None, mask=None, cgp_weight=CGP_WEIGHT, weights="mean_field", **weight_options):
         super().__init__()
-        from . import GUIDES  # the registry is filled once this module is imported
-
         if getattr(model, "attention", None) != self.family:
             raise TypeError(f"the model has no {self.family} attention sites (build it with bayes containing "
                             f"'{self.family}')")
         if not (isinstance(cgp_weight, numbers.Real) and not isinstance(cgp_weight, bool)
                 and cgp_weight >= 0 and math.isfinite(cgp_weight)):
             raise TypeError(f"cgp_weight must be a number >= 0, got {cgp_weight!r}")
-        guide = GUIDES.get(weights)
-        if guide is None or (isinstance(guide, type) and issubclass(guide, (AttentionGuide, CGPT))):
-            raise TypeError(f"weights guide '{weights}' is not a weight-space guide")
+        guide = weight_guide(weights)
         self.cgp_weight = float(cgp_weight)
         self.weights = guide(model, x, y, mask, **weight_options) if global_sites(model, x, y, mask) else None
         if self.weights is None and weight_options:

@@ -113,3 +113,13 @@ def low_rank(model, *args, rank=10, init_scale=1e-2, **kwargs):
     guide._pyro_name = f"low_rank_{next(_LOW_RANK_IDS)}"
     guide(*args, **kwargs)  # creates the parameters
     return guide
+
+
+WEIGHT_GUIDES = {"map": Delta, "mean_field": MeanField, "low_rank": low_rank}  # what other guides put on weight sites
+
+
+def weight_guide(name):
+    """The weight-space guide called ``name``, or a one-line TypeError naming the choices."""
+    if name not in WEIGHT_GUIDES:
+        raise TypeError(f"weights guide '{name}' is not a weight-space guide (choose from {', '.join(WEIGHT_GUIDES)})")
+    return WEIGHT_GUIDES[name]

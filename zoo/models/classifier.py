@@ -13,6 +13,7 @@ from priors import PriorMap, Site
 
 from . import cgpt, gp_attention
 from .attention import FAMILIES, SampledAttention, site_name
+from .errors import ModelError
 from .cgpt import CGPT_FAMILIES
 from .gp_attention import GP_FAMILIES
 from .transformer import Transformer, TransformerConfig
@@ -23,10 +24,6 @@ DEFAULT_ATTENTION_PRIOR = {"dirichlet": "dirichlet:concentration=1", "bam": "bam
                            **cgpt.DEFAULT_PRIOR}
 ATTENTION = {"attention": "dirichlet", "dirichlet": "dirichlet", "bam": "bam",
              **{f: f for f in (*GP_FAMILIES, *CGPT_FAMILIES)}}  # --bayes word -> family
-
-
-class ModelError(ValueError):
-    """A model was configured with an invalid option."""
 
 
 def bayesian_names(net, bayes):

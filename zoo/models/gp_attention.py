@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from priors import Site
 from priors.gp_attention import token_mask
 
+from .errors import ModelError
 from .layers import linear
 
 GP_FAMILIES = ("sgpa", "sgpa-decoupled", "kep-svgp")
@@ -67,8 +68,6 @@ def install(net, family, priors):
 
     ``priors`` maps each site name to its (resolved) ``SGPAPrior`` or ``KEPPrior``.
     """
-    from .classifier import ModelError
-
     cfg = net.cfg
     dims = cfg.d_model // cfg.heads
     for i, block in enumerate(net.blocks):
