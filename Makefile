@@ -38,6 +38,11 @@ sweep-report: install
 test-slow: install
 	$(BIN)/python -m pytest -m slow
 
+# The slow tests that guard correctness (closed forms, accuracy, docs pages that run): every slow one not marked
+# `long`. CI runs them after `make test`.
+test-correctness: install
+	$(BIN)/python -m pytest -m "slow and not long"
+
 # The documentation site into build/site/ (`mkdocs build --strict`: any warning, broken link or anchor, page left
 # out of the nav or missing API object fails it). mkdocstrings reads the docstrings from the source without
 # importing it, so the site needs only these packages, put into .venv on first use (an environment that has them:
@@ -51,4 +56,4 @@ $(BIN)/mkdocs:
 docs: $(BIN)/mkdocs
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-.PHONY: install peers study test test-slow docs sweep-report
+.PHONY: install peers study test test-slow test-correctness docs sweep-report

@@ -3,10 +3,12 @@
 ``compare({"map": post1, "mean_field": post2}, train=..., test=..., ood=...)``
 converts each Posterior to InferenceData (or takes InferenceData as it is), then
 reports predictive metrics on the test set (or, without one, on the training
-set), ``az.compare`` on PSIS-LOO for the runs with more than one draw, and
-overlaid reliability diagrams.
+set), ``az.compare`` on PSIS-LOO for the runs with more than one draw with the
+Pareto k summary of each (a warning names every run with k > 0.7), and overlaid
+reliability diagrams.
 """
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from .metrics import evaluate
 
 TABLE_KEYS = ("accuracy", "nll", "ece", "aece", "brier", "entropy", "mi", "ood_auroc", "ood_aupr", "ood_auroc_mi",
               "ood_aupr_mi", "tv", "tv_max", "kl", "fit_seconds")  # the last four where a study adds them
+PARETO_K_LIMITS = (0.7, 1.0)  # above 0.7 a point's PSIS-LOO term is unreliable; above 1 its ratio has no mean
 
 
 def stacked(ds, name):
@@ -45,6 +48,37 @@ def metrics(idata, bins=15):
     return {**evaluate(probs, y, ood, bins), "split": split}
 
 
+def pareto_k_summary(pareto_k):
+    """Max Pareto k and, for each of ``PARETO_K_LIMITS``, the count and share of points above it."""
+    k = np.asarray(pareto_k, dtype=float).ravel()
+    if k.size == 0:
+        raise ValueError("pareto_k is empty: PSIS-LOO needs at least one observation")
+    out = {"pareto_k_max": float(k.max()), "num_points": int(k.size)}
+    for limit in PARETO_K_LIMITS:
+        above = int((k > limit).sum())
+        out[f"pareto_k_above_{limit:g}"] = above
+        out[f"pareto_k_share_above_{limit:g}"] = above / k.size
+    return out
+
+
+def psis_loo(idata, label):
+    """ArviZ's pointwise PSIS-LOO of one run and ``pareto_k_summary`` of it; warns, naming ``label``, where some
+    k > 0.7. For draws from a variational q the importance ratios are against q: a large k there says that q's
+    LOO terms cannot be trusted, whatever the fit's metrics say."""
+    import arviz as az
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ArviZ's own warning names no run; the one below does
+        result = az.loo(idata, pointwise=True)
+    summary = pareto_k_summary(result.pareto_k)  # the same name in ArviZ 0.x and 1.x
+    bad, worst = summary["pareto_k_above_0.7"], summary["pareto_k_above_1"]
+    if bad:
+        warnings.warn(f"PSIS-LOO of '{label}': Pareto k > 0.7 for {bad} of {summary['num_points']} points "
+                      f"({worst} above 1, max {summary['pareto_k_max']:.2f}); its elpd_loo is unreliable",
+                      stacklevel=2)
+    return result, summary
+
+
 def num_draws(idata):
     post = arviz_io.group(idata, "log_likelihood")
     return 0 if post is None else post.sizes["chain"] * post.sizes["draw"]
@@ -53,12 +87,14 @@ def num_draws(idata):
 @dataclass
 class Comparison:
     """``metrics``: label -> metrics dict; ``loo``: the ``az.compare`` DataFrame (None with fewer than two
-    runs that have several draws); ``idata``: label -> InferenceData; ``no_loo``: labels left out of LOO."""
+    runs that have several draws); ``idata``: label -> InferenceData; ``no_loo``: labels left out of LOO;
+    ``pareto_k``: label -> ``pareto_k_summary`` of every run in ``loo``."""
 
     metrics: dict
     loo: object
     idata: dict
     no_loo: list = field(default_factory=list)
+    pareto_k: dict = field(default_factory=dict)
 
     def markdown(self):
         """The metric table and (if any) the LOO table as Markdown."""
@@ -68,9 +104,15 @@ class Comparison:
             lines.append(f"| {label} | {m['split']} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |")
         if self.loo is not None:
             cols = ["rank", "elpd_loo", "p_loo", "elpd_diff", "weight", "se", "dse", "warning"]
-            lines += ["", "| run | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+            k_cols = {"max k": "pareto_k_max", "k > 0.7": "pareto_k_above_0.7", "k > 1": "pareto_k_above_1"}
+            lines += ["", "| run | " + " | ".join([*cols, *k_cols]) + " |", "|---|" + "---|" * (len(cols) + 3)]
             for label, row in self.loo.iterrows():
-                lines.append(f"| {label} | " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+                k = self.pareto_k.get(label, {})
+                lines.append(f"| {label} | " + " | ".join([*(_fmt(row[c]) for c in cols),
+                                                          *(_fmt(k.get(c)) for c in k_cols.values())]) + " |")
+            lines += ["", "max k, k > 0.7, k > 1: Pareto k of each run's PSIS-LOO ratios (a point above 0.7 has an "
+                      "unreliable LOO term). A variational run's draws come from q: its elpd_loo is q's, not the "
+                      "posterior's."]
         if self.no_loo:
             lines += ["", f"Not in LOO (one draw: a point estimate): {', '.join(self.no_loo)}."]
         return "\n".join(lines) + "\n"
@@ -79,6 +121,7 @@ class Comparison:
         out = {"metrics": self.metrics, "no_loo": self.no_loo}
         if self.loo is not None:
             out["loo"] = json.loads(self.loo.to_json(orient="index"))
+            out["pareto_k"] = self.pareto_k
         return out
 
     def plot(self, out_dir, bins=15):
@@ -130,5 +173,7 @@ def compare(runs, train=None, test=None, ood=None, num_samples=100, seed=0, bins
         idata[label] = run
     table = {label: metrics(d, bins) for label, d in idata.items()}
     several = {label: d for label, d in idata.items() if num_draws(d) > 1}
-    loo = az.compare(several) if len(several) > 1 else None  # PSIS-LOO: the default in ArviZ 0.x and 1.x
-    return Comparison(table, loo, idata, [label for label in idata if label not in several])
+    psis = {label: psis_loo(d, label) for label, d in several.items()} if len(several) > 1 else {}
+    loo = az.compare({label: result for label, (result, _) in psis.items()}) if psis else None
+    return Comparison(table, loo, idata, [label for label in idata if label not in several],
+                      {label: summary for label, (_, summary) in psis.items()})

@@ -45,11 +45,19 @@ def test_hierarchical_scale_is_a_site_with_halfnormal_prior():
 
 
 def test_empirical_prior_moments_come_from_the_trained_weights():
-    w = torch.randn(50, 40) * 0.3 + 0.1
-    prior = priors.Empirical.fit({"head.weight": w})
-    d = prior(Site("head.weight", (50, 40), 40))
-    assert torch.allclose(d.base_dist.loc, torch.tensor(w.double().mean().item()).float())
-    assert torch.allclose(d.base_dist.scale, torch.tensor(w.double().std().item()).float())
+    """Weights built to have mean 0.1 and sample standard deviation 0.3 exactly; a bias [1, 3] (mean 2, sample
+    std sqrt 2); a one-entry tensor and a near-constant one, whose std min_scale floors."""
+    z = torch.randn(50, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    z = (z - z.mean()) / z.std()  # mean 0, sample std (n - 1 in the denominator) 1
+    prior = priors.Empirical.fit({"head.weight": (0.1 + 0.3 * z).float(), "head.bias": torch.tensor([1.0, 3.0]),
+                                  "blocks.0.norm.bias": torch.tensor([-0.5]),
+                                  "blocks.0.norm.weight": 1 + 1e-4 * torch.arange(8.0)}, min_scale=0.05)
+    for name, shape, loc, scale in [("head.weight", (50, 40), 0.1, 0.3), ("head.bias", (2,), 2.0, 2**0.5),
+                                    ("blocks.0.norm.bias", (1,), -0.5, 0.05),
+                                    ("blocks.0.norm.weight", (8,), 1 + 3.5e-4, 0.05)]:
+        d = prior(Site(name, shape, 1)).base_dist
+        assert torch.allclose(d.loc, torch.tensor(loc), rtol=1e-6), name
+        assert torch.allclose(d.scale, torch.tensor(scale), rtol=1e-6), name
     with pytest.raises(PriorError, match="blocks.0"):
         prior(Site("blocks.0.attn.qkv.weight", (2,), 1))
 

@@ -7,7 +7,6 @@ identifiable) and, for reference, over the weight sites (where permutation
 symmetry makes large values expected even for a good sampler).
 """
 import json
-import warnings
 from pathlib import Path
 
 RHAT_OK = 1.01
@@ -45,18 +44,22 @@ def convergence(idata):
     return out
 
 
-def loo(idata):
-    import arviz as az
+def loo(idata, label):
+    """PSIS-LOO with its Pareto k summary (``inference.compare.psis_loo``: warns where k > 0.7) and the count
+    above ArviZ's sample-size threshold ``good_k``."""
     import numpy as np
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the Pareto k counts below say the same, per point
-        result = az.loo(idata, pointwise=True)
-    k = np.asarray(result.pareto_k)
+    from inference.compare import psis_loo
+
+    result, summary = psis_loo(idata, label)
     threshold = float(getattr(result, "good_k", 0.7))
-    return result, {"elpd_loo": float(result.elpd_loo), "se": float(result.se), "p_loo": float(result.p_loo),
-                    "pareto_k_threshold": threshold, "pareto_k_bad": int((k > threshold).sum()),
-                    "pareto_k_max": float(k.max()), "num_points": int(k.size)}
+
+    def stat(*names):  # ArviZ 0.x: elpd_loo, p_loo; 1.x: elpd, p
+        return float(next(getattr(result, n) for n in names if hasattr(result, n)))
+
+    return result, {"elpd_loo": stat("elpd_loo", "elpd"), "se": stat("se"), "p_loo": stat("p_loo", "p"),
+                    "pareto_k_threshold": threshold,
+                    "pareto_k_bad": int((np.asarray(result.pareto_k) > threshold).sum()), **summary}
 
 
 def trace_sites(idata, var_names):
@@ -143,10 +146,11 @@ def diagnose(args, root):
         print("R-hat/ESS: one chain (SVI or single-chain MCMC), nothing to compare across chains")
 
     if chains * draws > 1:
-        result, report["loo"] = loo(idata)
+        result, report["loo"] = loo(idata, str(root))
         r = report["loo"]
         print(f"PSIS-LOO: elpd_loo {r['elpd_loo']:.2f} (se {r['se']:.2f}), p_loo {r['p_loo']:.2f}; "
-              f"Pareto k > {r['pareto_k_threshold']:.2f} for {r['pareto_k_bad']} of {r['num_points']} points"
+              f"Pareto k max {r['pareto_k_max']:.2f}, > {r['pareto_k_threshold']:.2f} for {r['pareto_k_bad']}, "
+              f"> 0.7 for {r['pareto_k_above_0.7']}, > 1 for {r['pareto_k_above_1']} of {r['num_points']} points"
               + (" [WARNING: LOO unreliable for those points]" if r["pareto_k_bad"] else " [ok]"))
         plots.pareto_k(result, out / "pareto_k.png")
     else:
