@@ -201,6 +201,11 @@ def cgpt_sparse_step_ratio(steps):
     return step_ratio("cgpt-sparse", steps, bayes="cgpt-sparse")
 
 
+@figure("ivon_step_ratio", ("<=", 1.5))
+def ivon_step_ratio(steps):
+    return step_ratio("ivon", steps)
+
+
 @figure("fsvi_step_ratio", ("<=", 3.0))
 def fsvi_step_ratio(steps):
     return step_ratio("fsvi", steps)

@@ -28,6 +28,7 @@ FIT = {
     "cgpt": {"steps": 1500, "lr": 3e-3},
     "cgpt-sparse": {"steps": 1500, "lr": 3e-3},
     "fsvi": {"steps": 2000, "lr": 1e-2},
+    "ivon": {"steps": 1000, "lr": 0.1, "kl_anneal": 500},  # the warm-up MAP_TRAINING has, for the same reason
     "blob": {"steps": 2000, "lr": 1e-2},
     "laplace_lora": {"steps": 1000, "lr": 1e-2},
     "swag_lora": {"steps": 1000, "lr": 1e-2},
@@ -86,6 +87,9 @@ STUDY = [
     # CGPT has no KL: its knob is the weight lambda of the CGP loss (docs/cgpt.md).
     {"label": "cgpt attention", "guide": "cgpt", "bayes": "cgpt",
      "select": {"guide_options": [{"cgp_weight": v} for v in (1e-4, 1e-3, 1e-2)]}},
+    # IVON at T = 1 (docs/ivon.md): its starting Hessian h0 sets the starting posterior width, the knob that decides
+    # whether a small data set's fit collapses.
+    {"label": "ivon", "guide": "ivon", "select": {"hess_init": [3.0, 30.0, 300.0]}},
     {"label": "laplace", "guide": "laplace", "select": {"prior": PRIOR_SCALES}},
     {"label": "ensemble", "guide": "ensemble", "select": {"lr": LRS}},
     {"label": "mc_dropout", "guide": "mc_dropout", "select": {"model.dropout": [0.05, 0.1, 0.2]}},

@@ -23,6 +23,7 @@ GUIDES = {
     "cgpt-sparse": SparseCGPT,
     "fsvi": FSVI,
     "blob": BLoB,
+    "ivon": MeanField,  # fitted by the ivon method (inference.guides.ivon); its posterior is a MeanField
 }
 
 __all__ = ["GUIDES", "Delta", "MeanField", "low_rank", "Dirichlet", "BAM", "SGPA", "DecoupledSGPA", "KEPSVGP",
