@@ -345,3 +345,103 @@ def test_cached_backbone_is_pretrained_once_and_serves_study_rows(tmp_path, ipd)
     row = next(r for r in recipes.LORA_STUDY if r["guide"] == "blob")
     model = adapter_model(row, ipd, backbone=again)
     assert model.adapter.rank == 4 and all(n.startswith("lora.") for n in model.sites)
+
+
+def test_flipout_gives_each_example_the_draws_moments_and_decorrelates_examples():
+    from torch.nn.functional import linear
+
+    from zoo.models.lora import flipped
+
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    sigma = torch.tensor([[0.5, 1.0, 2.0], [1.5, 0.2, 0.7]], dtype=torch.float64)
+    h = torch.tensor([[1.0, -2.0, 0.5], [1.0, -2.0, 0.5], [0.3, 0.8, -1.1]], dtype=torch.float64)[:, None]  # 3 rows
+    torch.manual_seed(0)
+    draws = 20000
+    flip, shared, channels = [], [], []
+    for _ in range(draws):
+        a = mean + sigma * torch.randn(2, 3, dtype=torch.float64)
+        flip.append((flipped(h, a, mean, 3) - linear(h, mean))[:, 0])
+        shared.append((linear(h, a) - linear(h, mean))[:, 0])
+        channels.append((flipped(h[[0, 0, 0, 0]], a, mean, 2) - linear(h[[0, 0, 0, 0]], mean))[:, 0])  # 2 x 2
+    flip, shared, channels = (torch.stack(v) for v in (flip, shared, channels))  # [draws, rows, rank]
+    var = (sigma ** 2 * h[:, 0, None, :] ** 2).sum(-1)  # closed form: sum_j sigma_kj^2 h_nj^2, [rows, rank]
+    assert ((flip.mean(0)).abs() < 5 * (var / draws).sqrt()).all()
+    assert ((flip.var(0) - var).abs() < 5 * var * math.sqrt(2 / (draws - 1))).all()  # the deviation is Gaussian
+
+    def corr(d, i=0, j=1):  # per rank component, between rows i and j
+        d = d - d.mean(0)
+        return (d[:, i] * d[:, j]).mean(0) / ((d[:, i] ** 2).mean(0) * (d[:, j] ** 2).mean(0)).sqrt()
+    assert (corr(flip).abs() < 5 / math.sqrt(draws)).all()  # rows 0 and 1 hold the same input
+    assert torch.allclose(corr(shared), torch.ones(2, dtype=torch.float64))  # without flipout: one shared draw
+    # two examples of two channels each (rows: example 0's channels, then example 1's), all the same input
+    assert torch.allclose(corr(channels), torch.ones(2, dtype=torch.float64))  # an example's channels share signs
+    assert (corr(channels, 1, 2).abs() < 5 / math.sqrt(draws)).all()
+
+
+def test_flipout_context_sets_and_restores_the_modules(backbone_dir, ipd):
+    from zoo.models.lora import flipout
+
+    model = LoRAClassifier.for_dataset(ipd, backbone_dir, bayes="adapters")
+    guide = BLoB(model, ipd.train.x[:2], ipd.train.y[:2], None)
+    module = model.net.get_submodule("lora.blocks.0.attn.q")
+    with flipout(model.net, guide.means(), 4):
+        assert module.flipout[1] == 4 and module.flipout[0] is guide.means()["lora.blocks.0.attn.q.A.weight"]
+    assert module.flipout is None
+
+
+def test_blob_kl_weights_are_the_reference_reweighting():
+    from inference.blob import kl_cycle, reweighting
+
+    assert [reweighting(t, 3) for t in range(6)] == pytest.approx([2 / 15, 4 / 15, 8 / 15] * 2, rel=1e-12)
+    assert reweighting(0, 1) == pytest.approx(2 / 3)
+    assert sum(reweighting(t, 7) for t in range(7)) == pytest.approx(1 - 1 / 255, rel=1e-12)
+    assert kl_cycle(67, 67) == 7  # int(100 * 67 ** (pi / 8) / 67) = int(7.78)
+    assert kl_cycle(1000, 10) == 150 and kl_cycle(10, 1000) == 1
+
+
+def test_fit_blob_without_flipout_and_with_elbo_weight_is_the_svi_fit(backbone_dir, ipd):
+    import pyro
+
+    from inference.fit import svi
+    from inference.blob import fit_blob
+
+    x, y = ipd.train.x, ipd.train.y
+    torch.manual_seed(1)
+    model = LoRAClassifier.for_dataset(ipd, backbone_dir, bayes="adapters")
+    twin = copy.deepcopy(model)
+    pyro.set_rng_seed(0)
+    posterior = fit_blob(model, (x, y, None), steps=4, batch_size=20, flipout=False, kl_weighting="elbo",
+                         prior_scale=None, progress=False)
+    pyro.set_rng_seed(0)
+    guide = BLoB(twin, x[:2], y[:2], None)
+    svi(twin, guide, x, y, None, 4, 1e-2, 20, 1, 0, 1.0, None, 0, False, "blob")
+    for name, value in posterior.guide.state_dict().items():
+        assert torch.equal(value, guide.state_dict()[name]), name
+    assert torch.equal(model.net.head.weight, twin.net.head.weight)
+    pyro.set_rng_seed(0)
+    flipped = fit_blob(copy.deepcopy(twin), (x, y, None), steps=4, batch_size=20, kl_weighting="elbo",
+                       prior_scale=None, progress=False)
+    assert not torch.equal(flipped.guide.loc["lora__blocks__0__attn__q__B__weight"],
+                           posterior.guide.loc["lora__blocks__0__attn__q__B__weight"])
+
+
+def test_fit_blob_saves_and_loads_and_refuses_bad_options(backbone_dir, ipd, tmp_path):
+    from inference.fit import FitError
+    from inference.blob import fit_blob
+
+    data_ = (ipd.train.x, ipd.train.y, None)
+    for options in ({}, {"kl_lr": 0.01}):
+        model = LoRAClassifier.for_dataset(ipd, backbone_dir, bayes="adapters")
+        posterior = fit_blob(model, data_, steps=3, progress=False, **options)
+        loaded = Posterior.load(posterior.save(tmp_path / "blob.pt"))
+        assert isinstance(loaded.guide, BLoB)  # saved as the guide itself, not as draws
+        draws = posterior.sample(5)
+        x = ipd.test.x[:6]
+        assert torch.allclose(posterior.predict(x, 5, draws=draws), loaded.predict(x, 5, draws=draws), atol=1e-6)
+        assert posterior.info["blob"]["kl_cycle"] == 7
+    for options, match in [({"kl_weighting": "tempered"}, "kl_weighting"), ({"kl_lr": -1.0}, "kl_lr"),
+                           ({"prior_scale": 0.0}, "prior_scale")]:
+        with pytest.raises(FitError, match=match):
+            fit_blob(LoRAClassifier.for_dataset(ipd, backbone_dir, bayes="adapters"), data_, steps=1,
+                     progress=False, **options)

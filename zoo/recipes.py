@@ -115,7 +115,7 @@ LORA_STUDY = [
      "select": {"prior": ["gaussian:scale=0.1", "gaussian:scale=0.3", "gaussian:scale=1"]}},
     {"label": "BLoB", "guide": "blob", "bayes": "adapters", "adapter": ADAPTER, "backbone": "pretrained",
      "options": {"steps": 2000, "lr": 1e-2},
-     "select": {"prior": ["gaussian:scale=0.1", "gaussian:scale=0.2", "gaussian:scale=1"]}},
+     "select": {"prior_scale": [0.1, 0.2, 1.0]}},  # A's prior; B and the head keep the row's prior
     {"label": "Laplace-LoRA", "guide": "laplace_lora", "bayes": "adapters", "adapter": ADAPTER,
      "backbone": "pretrained", "options": {"steps": 1000, "lr": 1e-2}, "select": {"lr": [3e-3, 1e-2, 3e-2]}},
     {"label": "SWAG-LoRA", "guide": "swag_lora", "adapter": ADAPTER, "backbone": "pretrained",

@@ -4,11 +4,17 @@ An asymmetric guide for models with LoRA adapters: each LoRA ``A`` matrix (a sit
 named ``*.A.weight``) gets a fully factorized Normal ``N(M, sigma^2)`` with BLoB's
 parameterization ``sigma = rho^2`` (``rho`` started uniformly in ``[eps / sqrt 2, eps]``,
 so the posterior starts almost a point), while every other site (the ``B`` matrices,
-the head if it is a site) is a point estimate (a Delta, fitted jointly). Trained
-with the ELBO like any guide, the KL of the ``A`` sites to a Gaussian prior is in
-closed form. Because ``B`` starts at zero and stays deterministic, the update ``B A``
-has a variance that grows only as ``B`` is learned, which is what lets BLoB train
-the mean and the variance together from the start.
+the head if it is a site) is a point estimate (a Delta, fitted jointly). Because ``B``
+starts at zero and stays deterministic, the update ``B A`` has a variance that grows
+only as ``B`` is learned, which is what lets BLoB train the mean and the variance
+together from the start.
+
+``fit_blob`` trains it with what BLoB's reference implementation (Wang-ML-Lab/bayesian-peft,
+MIT) adds to the ELBO: Flipout on ``A`` (each example of a minibatch sees its own
+sign-flipped deviation of one draw) and the prior ``N(0, 0.2^2)`` on ``A``; the reference's
+KL re-weighting schedule (``kl_weight``) and its separate optimizer for the KL (SGD at
+``kl_lr``) are options, off by default: on ItalyPowerDemand both fitted worse than the
+ELBO's weight (docs/lora.md, ``benchmarks/blob_ipd.py``).
 """
 import math
 
@@ -18,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from .weight import MIN_SCALE, _key, _SiteGuide
+
 
 
 def is_lora_a(name):
@@ -41,6 +48,10 @@ class BLoB(_SiteGuide):
 
     def scales(self):
         return {n: self.rho[_key(n)] ** 2 + MIN_SCALE for n in self.bayesian}
+
+    def means(self):
+        """A site -> its variational mean M (what Flipout perturbs)."""
+        return {n: self.loc[_key(n)] for n in self.bayesian}
 
     def forward(self, *args, **kwargs):
         out, scales = {}, self.scales()

@@ -27,6 +27,7 @@ mean-pooled final token state and the channel's mean and log standard deviation
 (what the normalization removed), concatenated over channels.
 """
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -108,7 +109,11 @@ class AdapterConfig(TransformerConfig):
 
 
 class LoRA(nn.Module):
-    """``scale * B(A(x))``: A [rank, d_in] (Kaiming-uniform, as nn.Linear), B [d_out, rank] (zeros)."""
+    """``scale * B(A(x))``: A [rank, d_in] (Kaiming-uniform, as nn.Linear), B [d_out, rank] (zeros).
+
+    ``flipout`` (set by the ``flipout`` context, else None) is ``(mean of A, examples)``: a drawn ``A`` then
+    enters as that mean plus the draw's deviation with random signs per example (Flipout).
+    """
 
     def __init__(self, d_in, d_out, rank, alpha):
         super().__init__()
@@ -116,12 +121,49 @@ class LoRA(nn.Module):
         self.B = nn.Linear(rank, d_out, bias=False)
         nn.init.zeros_(self.B.weight)
         self.scale = alpha / rank
+        self.flipout = None
 
     def forward(self, h, p, name):
         """With the module's own factors (calls the layers, so hooks see them) or drawn ones from ``p``."""
         a, b = p[name + ".A.weight"], p[name + ".B.weight"]
-        z = self.A(h) if a is self.A.weight else linear(h, a)
+        if self.flipout is not None and a is not self.A.weight:
+            z = flipped(h, a, *self.flipout)
+        else:
+            z = self.A(h) if a is self.A.weight else linear(h, a)
         return self.scale * (self.B(z) if b is self.B.weight else linear(z, b))
+
+
+def flipped(h, a, mean, examples):
+    """``A h`` for a draw ``a`` of a Gaussian with mean ``mean``, decorrelated across examples by Flipout (Wen et
+    al., 2018): ``mean h + s * ((a - mean) (r * h))`` with ``r`` [d_in] and ``s`` [rank] random signs per example.
+
+    ``h`` is [(S,) rows, tokens, d_in], ``rows`` a whole multiple of ``examples`` (the channels of an example
+    run as consecutive rows and share its signs); each example's perturbation has the distribution of ``a``'s
+    (the deviation is symmetric and independent per element) while two examples' are uncorrelated.
+    """
+    rows, d_in, rank = h.shape[-3], a.shape[-1], a.shape[-2]
+    if rows % examples:
+        raise ValueError(f"flipout: {rows} rows are not a whole number of channels of {examples} examples")
+
+    def signs(size):
+        s = torch.randint(0, 2, (examples, size), device=h.device).to(h.dtype) * 2 - 1
+        return s.repeat_interleave(rows // examples, 0).unsqueeze(-2)  # [rows, 1, size]
+    r, s = signs(d_in), signs(rank)
+    return linear(h, mean) + s * linear(h * r, a - mean)
+
+
+@contextmanager
+def flipout(net, means, examples):
+    """Within: the LoRA modules of ``net`` whose A site is in ``means`` (site -> the variational mean) run drawn
+    A's by Flipout over ``examples`` examples (``flipped``); outside, every module runs as before."""
+    modules = [(net.get_submodule(n[:-len(".A.weight")]), m) for n, m in means.items()]
+    try:
+        for module, mean in modules:
+            module.flipout = (mean, examples)
+        yield
+    finally:
+        for module, _ in modules:
+            module.flipout = None
 
 
 def projections(cfg):
