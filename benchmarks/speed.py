@@ -232,7 +232,7 @@ def adapter_step_ratio(steps):
 
 @figure("predictive_vectorized_speedup", (">=", 1.5))
 def predictive_vectorized_speedup(steps, draws=32):
-    """Time of 32 single-draw predictions in a loop over one 32-draw prediction (chunked by ``inference.memory``)."""
+    """Time of 32 single-draw predictions in a loop over one 32-draw prediction (chunked by ``core.memory``)."""
     x, y = _data()
     posterior = fit(_model(), (x, y), guide="mean_field", steps=2, progress=False)
     posterior.predict(x, draws)

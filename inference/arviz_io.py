@@ -35,8 +35,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .fit import unpack
-from .memory import plan
+from core.tensors import unpack
+from core.memory import plan
 
 
 class ArvizError(ValueError):

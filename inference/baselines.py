@@ -12,7 +12,9 @@ import pyro.distributions as dist
 import torch
 from tqdm.auto import tqdm
 
-from .fit import FitError, fit, kl_weight, minibatches, register_method
+from core.tensors import minibatches
+
+from .fit import FitError, fit, kl_weight, register_method
 from .posterior import Posterior
 from .guides.weight import global_sites
 

@@ -1,4 +1,5 @@
 """``inference.fit``: one entry point for every method, returning a Posterior."""
+import difflib
 import inspect
 import itertools
 import re
@@ -8,8 +9,8 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from .checks import (as_tensor, boolean, check, check_data, check_device, check_seed, integer, number,
-                     unpack_data)
+from core.checks import boolean, check, check_data, check_device, check_seed, integer, number
+from core.tensors import minibatches, model_device, model_dtype, unpack
 from .elbo import NonFiniteError, elbo_terms, first_nonfinite_site
 from .guides import GUIDES
 from .persist import Checkpoint
@@ -34,49 +35,19 @@ def method_names():
     return sorted([*GUIDES, *METHODS])
 
 
-def model_device(model):
-    """Where the model's parameters (or, failing those, buffers) live."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
+def canonical(guide):
+    """A guide or method name as registered: ``laplace-lora`` and ``laplace_lora`` (or ``kep_svgp``) are one name,
+    so either spelling of a name works; anything else is returned unchanged."""
+    if not isinstance(guide, str) or guide in GUIDES or guide in METHODS:
+        return guide
+    spelled = {name.replace("-", "_"): name for name in method_names()}
+    return spelled.get(guide.replace("-", "_"), guide)
 
 
-def model_dtype(model):
-    """The floating dtype of the model's parameters (float32 unless the user changed it)."""
-    for t in model.parameters():
-        if t.is_floating_point():
-            return t.dtype
-    return torch.get_default_dtype()
-
-
-def unpack(data, device=None, dtype=None, source="data"):
-    """(x, y) or (x, y, mask) or an object with .x .y .mask -> tensors on ``device``.
-
-    Arrays and lists become tensors; real-valued x takes ``dtype`` (the model's), so
-    float64 data from NumPy fits a float32 model. Anything else is a DataError.
-    """
-    x, y, mask = unpack_data(data, source)
-    x = as_tensor(x, "x", source, dtype)
-    y = None if y is None else as_tensor(y, "y", source)
-    mask = None if mask is None else as_tensor(mask, "mask", source)
-    move = (lambda t: t if t is None else t.to(device)) if device is not None else (lambda t: t)
-    return move(x), move(y), move(mask)
-
-
-def minibatches(n, batch_size, steps, generator):
-    """Indices for ``steps`` minibatches, each epoch a fresh permutation (full batch when batch_size >= n)."""
-    if batch_size is None or batch_size >= n:
-        for _ in range(steps):
-            yield None
-        return
-    done = 0
-    while done < steps:
-        perm = torch.randperm(n, generator=generator)
-        for i in range(0, n - batch_size + 1, batch_size):
-            if done == steps:
-                return
-            yield perm[i:i + batch_size]
-            done += 1
+def near(guide):
+    """'; did you mean X?' for the closest registered name, or ''."""
+    match = difflib.get_close_matches(str(guide), method_names(), n=1)
+    return f"; did you mean '{match[0]}'?" if match else ""
 
 
 def kl_weight(step, kl_anneal):
@@ -108,8 +79,10 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
     so the training draws are those of the same fit without it); the fit stops after
     ``patience`` checks without a new best and returns the best state, its step in
     ``info["validation"]["best_step"]``. ``stop_at`` ends a fit after that many steps of its
-    ``steps``-long schedule: a refit on more data to the step validation chose.
+    ``steps``-long schedule: a refit on more data to the step validation chose. Names take either spelling,
+    ``laplace-lora`` or ``laplace_lora``.
     """
+    guide = canonical(guide)
     check_fit(guide, seed=seed, checkpoint=checkpoint, steps=steps, lr=lr, batch_size=batch_size,
               num_particles=num_particles, kl_anneal=kl_anneal, temperature=temperature, clip_norm=clip_norm,
               checkpoint_every=checkpoint_every, progress=progress, check_every=check_every, patience=patience,
@@ -251,8 +224,9 @@ def check_fit(guide, spell=str, seed=0, checkpoint=None, early_stopping=False, *
     """
     check_options(spell, **options)
     check_seed(seed, FitError, spell)
+    guide = canonical(guide)
     if not callable(guide) and not (isinstance(guide, str) and guide in [*GUIDES, *METHODS]):
-        raise FitError(f"unknown guide '{guide}'; valid: {', '.join(method_names())}")
+        raise FitError(f"unknown guide '{guide}'{near(guide)} (valid: {', '.join(method_names())})")
     if checkpoint is not None and not (isinstance(guide, str) and guide in GUIDES):
         raise FitError(f"checkpoints (checkpoint, --checkpoint-every) are for the SVI guides ({', '.join(GUIDES)}), "
                        f"not for '{guide}'")

@@ -27,7 +27,9 @@ from tqdm.auto import tqdm
 
 from .baselines import fit_ensemble
 from .elbo import elbo_terms
-from .fit import FitError, fit, minibatches, register_method
+from core.tensors import minibatches
+
+from .fit import FitError, fit, register_method
 from .posterior import Posterior
 
 HESSIANS = ("kron", "diag", "full")

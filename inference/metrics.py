@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from .checks import check_predictions
+from core.checks import check_predictions
 
 EPS = 1e-12
 

@@ -17,10 +17,7 @@ Every file ends with a SHA-256 of its bytes (``torch.load`` ignores the trailer)
 before anything is unpickled: a file with a flipped, lost or added byte is refused with
 one line instead of loading wrong numbers.
 """
-import hashlib
 import importlib
-import io
-import os
 import random
 import warnings
 from pathlib import Path
@@ -28,94 +25,15 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
+from pyro import poutine
 
-FORMAT = "bayesformer-zoo"
-FORMAT_VERSION = 2  # bump when the layout below changes; files of another version are refused (2: checksum trailer)
+import priors
+from core import __version__
+from core.checks import check_device
+from core.signed import FORMAT, FORMAT_VERSION, PosteriorFileError, read, write
 
-
-class PosteriorFileError(ValueError):
-    """A posterior or checkpoint file cannot be written or read; the message names the file and why."""
-
-
-def _library_version():
-    import zoo
-    return zoo.__version__
-
-
-def _major(version):
-    return str(version).split(".")[0]
-
-
-TRAILER = b"\nbayesformer-zoo sha256 "  # then 64 hex digits and a newline: the last bytes of every file
-
-
-def write(obj, path):
-    """torch.save ``obj`` to ``path`` with a SHA-256 of the bytes appended, via a temporary file and a rename:
-    a crash never leaves a truncated file, and any changed byte is found on load (``read_bytes``)."""
-    path = Path(path)
-    if path.is_dir():
-        raise PosteriorFileError(f"cannot write '{path}': it is a folder; give a file name such as {path / 'posterior.pt'}")
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    data = buffer.getvalue()
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data + TRAILER + hashlib.sha256(data).hexdigest().encode() + b"\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp.parent.is_dir():
-            tmp.unlink(missing_ok=True)
-        raise PosteriorFileError(f"cannot write '{path}': {e.strerror or e}") from None
-
-
-def read_bytes(path, kind):
-    """The torch payload of a file ``write`` wrote, after checking its SHA-256; one line naming the file if not."""
-    data = Path(path).read_bytes()
-    size = len(TRAILER) + 64 + 1
-    payload, trailer = data[:-size], data[-size:]
-    if len(data) < size or not trailer.startswith(TRAILER):
-        raise PosteriorFileError(f"{kind} file '{path}' has no checksum: it is damaged at its end, or not written "
-                                 f"by this version of the zoo (refit, or save it again with Posterior.save)")
-    if trailer != TRAILER + hashlib.sha256(payload).hexdigest().encode() + b"\n":
-        raise PosteriorFileError(f"{kind} file '{path}' is damaged: its bytes do not match the checksum written "
-                                 f"with it; restore it from a copy or refit")
-    return payload
-
-
-def _read(path, kind, map_location=None):
-    """torch.load(weights_only=True) with one-line errors, then the format and version checks."""
-    path = Path(path)
-    if not path.is_file():
-        raise PosteriorFileError(f"{kind} file '{path}' does not exist" + (" (it is a folder)" if path.is_dir() else ""))
-    payload = read_bytes(path, kind)
-    try:
-        obj = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickled code, truncation, not a torch file: all refused
-        unsafe, reason = _load_failure(e)
-        if unsafe:
-            raise PosteriorFileError(f"{kind} file '{path}' cannot be read safely (only tensors and plain "
-                                     f"types are loaded, never code): {reason}") from None
-        raise PosteriorFileError(f"{kind} file '{path}' is damaged or not a {FORMAT} file: {reason}") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("kind") != kind:
-        raise PosteriorFileError(f"'{path}' is not a {FORMAT} {kind} file")
-    if obj.get("format_version") != FORMAT_VERSION or _major(obj.get("zoo_version")) != _major(_library_version()):
-        raise PosteriorFileError(
-            f"{kind} file '{path}' has format {obj.get('format_version')} from zoo {obj.get('zoo_version')}; "
-            f"this is zoo {_library_version()} reading format {FORMAT_VERSION} (refit, or load it with that version)")
-    return obj
-
-
-def _load_failure(error):
-    """(unsafe, one line) from torch.load's long message: the forbidden object if there was one."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()] or [type(error).__name__]
-    forbidden = [ln for ln in lines if "global" in ln.lower()]
-    if forbidden:
-        return True, forbidden[0]
-    if lines[0].startswith("Weights only load failed"):
-        return True, "it is not a file of tensors and plain types"
-    return False, lines[0].split(". ")[0]
-
+from .guides import GUIDES
+from .sites import in_data_plate
 
 def plain(obj, key="info"):
     """A copy made of tensors and plain types only (what weights_only loading accepts), or None."""
@@ -173,8 +91,6 @@ def save(posterior, path, preprocessing=None, extra=None, num_samples=200):
     it predicts up to Monte Carlo error; one with local sites (attention rows)
     cannot be, and is refused.
     """
-    from .guides import GUIDES
-
     model = posterior.model
     if not hasattr(model, "config"):
         raise PosteriorFileError(f"cannot save: model {type(model).__name__} has no config() to rebuild it from")
@@ -189,7 +105,7 @@ def save(posterior, path, preprocessing=None, extra=None, num_samples=200):
     cls = type(model)
     obj = {
         "format": FORMAT, "kind": "posterior", "format_version": FORMAT_VERSION,
-        "zoo_version": _library_version(),
+        "zoo_version": __version__,
         "torch_version": str(torch.__version__), "pyro_version": str(pyro.__version__),
         "model_class": f"{cls.__module__}.{cls.__qualname__}",
         "config": plain(config),
@@ -214,10 +130,6 @@ def save(posterior, path, preprocessing=None, extra=None, num_samples=200):
 
 def _as_draws(posterior, num_samples):
     """Draws standing in for a guide that cannot be rebuilt; refused if the guide has local (per-input) sites."""
-    from pyro import poutine
-
-    from .sites import in_data_plate
-
     with torch.no_grad():
         trace = poutine.trace(posterior.guide).get_trace(posterior.x_proto, None, posterior.mask_proto)
     local = [n for n, site in trace.iter_stochastic_nodes()
@@ -228,16 +140,11 @@ def _as_draws(posterior, num_samples):
     return posterior.sample(1 if posterior.point else num_samples)
 
 
-def load(path, map_location=None):
-    """The Posterior saved at ``path``, on ``map_location`` (default: CPU). Never runs code from the file."""
-    import priors
-
-    from .checks import check_device
-    from .guides import GUIDES
-    from .posterior import Posterior
-
+def read_posterior(path, map_location=None):
+    """What ``Posterior(**...)`` takes to rebuild the posterior saved at ``path``, on ``map_location`` (default:
+    CPU): model, method, guide or draws, point, info and prototypes. Never runs code from the file."""
     device = check_device(map_location if map_location is not None else "cpu", PosteriorFileError, "map_location")
-    obj = _read(path, "posterior", map_location="cpu")
+    obj = read(path, "posterior", map_location="cpu")
     cls = _model_class(obj["model_class"], path)
     config = dict(obj["config"])
     try:  # files a prior reads (an empirical prior's weights) are found beside the posterior file
@@ -268,13 +175,11 @@ def load(path, map_location=None):
     except RuntimeError as e:
         raise PosteriorFileError(f"'{path}': the saved state does not fit the rebuilt model and guide: "
                                  f"{str(e).splitlines()[0]}") from None
+    parts = {"model": model, "method": obj["method"], "point": obj["point"], "info": info, "x_proto": x_proto,
+             "mask_proto": mask_proto}
     if guide is None:
-        draws = {k: v.to(device) for k, v in obj["draws"].items()}
-        return Posterior(model, obj["method"], draws=draws, point=obj["point"], info=info,
-                         x_proto=x_proto, mask_proto=mask_proto)
-    guide.to(device)
-    return Posterior(model, obj["method"], guide=guide, point=obj["point"], info=info,
-                     x_proto=x_proto, mask_proto=mask_proto)
+        return {**parts, "draws": {k: v.to(device) for k, v in obj["draws"].items()}}
+    return {**parts, "guide": guide.to(device)}
 
 
 def rng_state():
@@ -313,7 +218,7 @@ class Checkpoint:
         """Restore the saved state into these objects; returns (steps done, losses, seconds spent so far)."""
         if not self.path.exists():
             return 0, [], 0.0
-        obj = _read(self.path, "checkpoint")
+        obj = read(self.path, "checkpoint")
         for key, value in self.fingerprint.items():
             if obj["fingerprint"].get(key) != value:
                 raise PosteriorFileError(
@@ -333,7 +238,7 @@ class Checkpoint:
         """Write the state after ``done`` steps and ``seconds`` of fitting (atomically: a kill mid-write keeps
         the previous one)."""
         write({"format": FORMAT, "kind": "checkpoint", "format_version": FORMAT_VERSION,
-                "zoo_version": _library_version(), "fingerprint": self.fingerprint, "step": done,
+                "zoo_version": __version__, "fingerprint": self.fingerprint, "step": done,
                 "model": model.state_dict(), "guide": guide.state_dict(), "optim": optim.state_dict(),
                 "schedule": schedule.state_dict(), "rng": rng_state(),
                 "losses": torch.tensor(losses, dtype=torch.float64), "seconds": float(seconds)}, self.path)

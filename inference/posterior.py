@@ -5,8 +5,12 @@ import pyro
 import torch
 from pyro import poutine
 
-from .checks import check_draws, check_output, check_prediction
-from .memory import plan
+from core.checks import check_draws, check_output, check_prediction
+from core.memory import plan
+from core.tensors import model_device, model_dtype
+
+from . import persist
+from .arviz_io import to_inference_data
 from .sites import is_global, is_sampled, with_local_sites
 
 SAMPLES_DIM = -2  # the plate of posterior draws sits left of the data plate
@@ -36,11 +40,9 @@ class Posterior:
 
     @property
     def device(self):
-        from .fit import model_device
         return model_device(self.model)
 
     def model_dtype(self):
-        from .fit import model_dtype
         return model_dtype(self.model)
 
     def num_draws(self, num_samples=None):
@@ -80,7 +82,7 @@ class Posterior:
         Each of the S rows is one function evaluated on every input: global draws are
         taken once per chunk of draws and shared by all inputs. Pass ``draws`` (from
         ``sample``) to evaluate those same functions, e.g. on train and test data.
-        Draws and inputs go through in chunks sized by ``inference.memory.plan`` so that
+        Draws and inputs go through in chunks sized by ``core.memory.plan`` so that
         one chunk fits the memory budget, whatever S and N; ``batch_size`` caps the
         inputs per chunk.
         """
@@ -120,20 +122,17 @@ class Posterior:
 
     def to_arviz(self, x, y, mask=None, num_samples=None, var_names=None, test=None, ood=None, seed=0):
         """InferenceData of these draws on data (x, y); see ``inference.arviz_io.to_inference_data``."""
-        from .arviz_io import to_inference_data
         return to_inference_data(self, x, y, mask, num_samples=num_samples, var_names=var_names, test=test,
                                  ood=ood, seed=seed)
 
     def save(self, path, preprocessing=None, extra=None, num_samples=200):
         """Write this posterior to one file; see ``inference.persist.save``."""
-        from .persist import save
-        return save(self, path, preprocessing=preprocessing, extra=extra, num_samples=num_samples)
+        return persist.save(self, path, preprocessing=preprocessing, extra=extra, num_samples=num_samples)
 
     @classmethod
     def load(cls, path, map_location=None):
-        """A posterior saved with ``save`` (never runs code from the file); see ``inference.persist.load``."""
-        from .persist import load
-        return load(path, map_location=map_location)
+        """A posterior saved with ``save`` (never runs code from the file); see ``inference.persist.read``."""
+        return cls(**persist.read_posterior(path, map_location=map_location))
 
     def _probs(self, x, mask, draws, s):
         if self.guide is None:  # fixed draws of network parameters: run the network on them directly

@@ -21,7 +21,7 @@ import torch
 from pyro import poutine
 
 from . import arviz_io
-from .checks import CheckError, check, integer
+from core.checks import CheckError, check, integer
 from .metrics import entropy
 from .posterior import draws_plate
 from .sites import is_global

@@ -85,3 +85,12 @@ def test_an_ensemble_predicts_with_all_its_members_when_more_draws_are_asked(tmp
     post = Posterior.load(out / "posterior.pt")
     x = torch.randn(3, 24, 1)
     assert post.predict(x, 100).shape == (2, 3, 2)
+
+
+def test_a_guide_name_takes_either_spelling_and_a_typo_gets_the_near_match():
+    from inference.fit import FitError, canonical, check_fit
+    assert canonical("laplace-lora") == "laplace_lora" and canonical("kep_svgp") == "kep-svgp"
+    assert canonical("mean_field") == "mean_field" and canonical("magic") == "magic"
+    check_fit("sgpa_decoupled")  # accepted, no error
+    with pytest.raises(FitError, match="did you mean 'mean_field'"):
+        check_fit("mean_feild")

@@ -284,7 +284,7 @@ def test_the_python_api_refuses_bad_input_with_its_own_exceptions(call, kind, wo
     with pytest.raises(ValueError) as e:
         call(Context(files, tmp_path, fitted))
     assert type(e.value).__name__ == kind, repr(e.value)
-    assert type(e.value).__module__.split(".")[0] in ("zoo", "inference", "priors")
+    assert type(e.value).__module__.split(".")[0] in ("core", "zoo", "inference", "priors")
     message = str(e.value)
     assert "\n" not in message
     for word in words:

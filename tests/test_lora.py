@@ -15,7 +15,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from inference import Posterior, elbo_terms, fit
-from inference.persist import read_bytes, write
+from core.signed import read_bytes, write
 from inference.guides import BLoB
 from inference.lora import swag_samples
 from zoo import data

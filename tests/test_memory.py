@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from inference import fit, memory
-from inference.memory import MemoryBudgetError
+from core.memory import MemoryBudgetError
 from zoo import TransformerClassifier
 
 

@@ -3,7 +3,8 @@
 The models are imported on first use (PEP 562 ``__getattr__``), so ``bzoo --help``
 does not pay for torch and Pyro; ``from zoo import TransformerClassifier`` works as ever.
 """
-__version__ = "0.1.0"
+from core import __version__
+
 _MODELS = ("TransformerClassifier", "BayesianLinearRegression", "Transformer", "TransformerConfig", "ModelError")
 __all__ = [*_MODELS, "__version__"]
 

@@ -68,7 +68,7 @@ def add_run_arguments(parser):
 
 def check_run_arguments(args, model=True):
     """The flags every model-building command has, checked before anything is read or written; the device."""
-    from inference.checks import check, check_seed
+    from core.checks import check, check_seed
     from zoo.cli import UserError
     from zoo.models import ModelError
     from zoo.models.transformer import SIZES
@@ -98,7 +98,7 @@ def load_data(args):
 
 def check_device(name):
     """``--device NAME`` as a torch.device, refused in one line if this machine lacks it."""
-    from inference.checks import check_device as check
+    from core.checks import check_device as check
     from zoo.cli import UserError
 
     return check(name, UserError, "--device")
@@ -144,7 +144,7 @@ def check_output(what, draws, numbers, inputs, classes, train, folder, ood=0, me
     float32, with float64 copies while the groups are built), and for the ``train``
     inputs a log-likelihood (float64) and a drawn label (int64).
     """
-    from inference.checks import check_memory, show_bytes
+    from core.checks import check_memory, show_bytes
     from zoo.cli import UserError
 
     n = inputs + ood

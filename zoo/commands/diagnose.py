@@ -77,7 +77,7 @@ def trace_sites(idata, var_names):
 
 
 def run(args):
-    from inference.checks import check, integer
+    from core.checks import check, integer
     from zoo.cli import UserError
     from zoo.runs import RunLock, claim, probe
 

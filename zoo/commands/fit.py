@@ -40,11 +40,12 @@ def add_arguments(parser):
 
 def run(args):
     from inference import NonFiniteError, fit
-    from inference.fit import OPTIONS, check_fit
+    from inference.fit import OPTIONS, canonical, check_fit
     from zoo.cli import UserError, warn
     from zoo.runs import RunFolder
 
     device = check_run_arguments(args)
+    args.guide = canonical(args.guide)  # laplace-lora and laplace_lora are one name
     options = recipes.fit_options(args.guide, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                                   num_particles=args.num_particles, temperature=args.temperature,
                                   kl_anneal=args.kl_anneal, clip_norm=args.clip_norm)

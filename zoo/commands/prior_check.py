@@ -22,7 +22,7 @@ def run(args):
 
     matplotlib.use("Agg")
     from inference import arviz_io, plots
-    from inference.checks import check, integer
+    from core.checks import check, integer
     from inference.prior_predictive import prior_predictive
     from zoo.cli import UserError
     from zoo.runs import RunFolder

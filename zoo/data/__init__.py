@@ -5,7 +5,7 @@ the names, ``info(name)`` sizes and shapes); ``load_file(path)`` reads a user's 
 or ``.csv``; ``ood.ood_inputs(dataset)`` gives inputs from elsewhere to test
 uncertainty on, and ``shift.shifts(split)`` the same split under graded corruptions.
 """
-from inference.checks import DataError, check_data
+from core.checks import DataError, check_data
 
 from .files import load_file
 from .shipped import DEFAULT_DATASET, DIGITS, Dataset, Info, Split, available, build, info, load, skipped

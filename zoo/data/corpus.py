@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.checks import DataError
+from core.checks import DataError
 
 from .files import _is_number
 

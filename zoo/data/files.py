@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.checks import DataError
+from core.checks import DataError
 
 from .shipped import build
 

@@ -8,7 +8,7 @@ so that 2 remain to classify. ``ref`` and ``parse`` give it a name a study can c
 """
 from dataclasses import replace
 
-from inference.checks import DataError
+from core.checks import DataError
 
 from .shipped import Split
 

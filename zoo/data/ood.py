@@ -28,7 +28,7 @@ vocabulary, with the test series' lengths.
 import numpy as np
 import torch
 
-from inference.checks import DataError
+from core.checks import DataError
 
 SOURCES = ("GunPoint", "ItalyPowerDemand")
 MIN_WINDOW = 0.5  # a window covers at least this fraction of a source series

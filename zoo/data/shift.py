@@ -20,7 +20,7 @@ series' own length. Real-valued series only: token data raises a DataError.
 """
 import torch
 
-from inference.checks import DataError
+from core.checks import DataError
 
 from .shipped import Split
 

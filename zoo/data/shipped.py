@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inference.checks import DataError
+from core.checks import DataError
 
 DEFAULT_DATASET = "ItalyPowerDemand"
 DIGITS = "digits"

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from inference.persist import FORMAT, FORMAT_VERSION, PosteriorFileError, _read
-from inference.persist import write as write_signed  # this module's own `write` saves a backbone folder
+from core.signed import FORMAT, FORMAT_VERSION, PosteriorFileError, read
+from core.signed import write as write_signed  # this module's own `write` saves a backbone folder
 
 from .transformer import Transformer, TransformerConfig
 
@@ -102,7 +102,7 @@ class Backbone:
             if not (root / name).is_file():
                 raise BackboneError(f"backbone folder '{root}' lacks {name}: not a complete `bzoo pretrain` folder")
         try:
-            obj = _read(root / WEIGHTS, "backbone")
+            obj = read(root / WEIGHTS, "backbone")
         except PosteriorFileError as e:
             raise BackboneError(str(e)) from None
         config, state = obj.get("config"), obj.get("state")

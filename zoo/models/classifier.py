@@ -155,7 +155,7 @@ class TransformerClassifier(nn.Module):
         [T, T] attention matrices of every head (one for fused softmax attention, about
         eight for sampled attention: logits, posterior parameters, draws, normalised
         rows, mask). Measured peaks on CPU are 0.2 to 0.7 times this estimate
-        (``docs/results.md``, memory). ``inference.memory`` sizes prediction chunks from it.
+        (``docs/results.md``, memory). ``core.memory`` sizes prediction chunks from it.
         """
         cfg = self.cfg
         tokens = math.ceil(length / cfg.patch)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inference.checks import check, integer, number
+from core.checks import check, integer, number
 
 from .layers import embedding, layer_norm, linear, masked_mean, patches, sinusoidal_positions, softmax_attention
 

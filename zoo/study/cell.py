@@ -30,7 +30,7 @@ import pyro
 import torch
 
 from inference import degeneracy, fit
-from inference.memory import limited
+from core.memory import limited
 from inference.metrics import accuracy, nll
 
 from .. import recipes

@@ -12,8 +12,8 @@ import threading
 
 import psutil
 
-from inference.memory import MemoryBudgetError
-from inference.memory import _show as show
+from core.memory import MemoryBudgetError
+from core.memory import _show as show
 
 TRAIN_FACTOR = 4  # autograd keeps about this many times one block's inference working set, per block
 PARAM_COPIES = 6  # parameters, guide (loc, scale), gradients and two Adam moments, in units of one draw / 2

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from inference.checks import DataError
+from core.checks import DataError
 
 from .. import recipes
 from ..models.plain import PlainTransformer, train_step
@@ -74,7 +74,7 @@ def fit_plain(dataset, model_options, seed, device="cpu", steps=None, lr=None, b
     constant learning rate, full batch unless ``batch_size`` is given (then the same
     seeded minibatches as ``inference.fit``).
     """
-    from inference.fit import minibatches
+    from core.tensors import minibatches
 
     options = recipes.fit_options("map", steps=steps, lr=lr)
     torch.manual_seed(seed)

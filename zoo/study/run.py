@@ -39,7 +39,7 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
     makespan), or ``shortest_first`` (the most finished cells before a deadline). ``report_only`` runs nothing: it reports the cells of
     this plan that ``out`` holds finished (``report_finished``).
     """
-    from inference.memory import parse_size
+    from core.memory import parse_size
 
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise StudyError(f"--threads must be an integer >= 1, got {threads}")

@@ -14,6 +14,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from .memory import available
+
 
 class DataError(ValueError):
     """A dataset name or data file is invalid; the message names it."""
@@ -135,8 +137,6 @@ def show_bytes(n):
 
 def check_memory(need, what, device=None, error=CheckError, hint=""):
     """Refuse work whose ``need`` bytes (for ``what``) exceed the memory available now on ``device``."""
-    from .memory import available
-
     have = available(device)
     if need > have:
         raise error(f"{what} needs about {show_bytes(need)}, more than the {show_bytes(have)} available"
