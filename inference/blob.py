@@ -9,10 +9,11 @@ import torch
 from torch.distributions import Normal, kl_divergence
 from tqdm.auto import tqdm
 
+from core.tensors import minibatches
 from zoo.models.lora import flipout as flipout_context
 
 from .elbo import NonFiniteError, elbo_terms
-from .fit import FitError, minibatches, register_method
+from .fit import FitError, register_method
 from .guides.lora import BLoB
 from .posterior import Posterior
 

@@ -29,9 +29,11 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
-from ..checks import check, integer, number
+from core.checks import check, integer, number
+from core.tensors import minibatches
+
 from ..elbo import NonFiniteError, particles
-from ..fit import FitError, kl_weight, minibatches, register_method
+from ..fit import FitError, kl_weight, register_method
 from ..posterior import Posterior
 from ..sites import in_data_plate
 from .weight import MIN_SCALE, MeanField, _key
