@@ -62,8 +62,8 @@ def test_bad_fit_options_name_the_option(option, data_):
 
 def test_unknown_guide_lists_the_valid_ones():
     with pytest.raises(FitError) as e:
-        fit(tiny(), toy(), guide="mean-field", steps=1, progress=False)
-    one_line(e.value, "'mean-field'", "mean_field", "map")
+        fit(tiny(), toy(), guide="mean_feild", steps=1, progress=False)
+    one_line(e.value, "'mean_feild'", "did you mean 'mean_field'", "map")
 
 
 def test_unknown_option_for_a_guide():

@@ -104,7 +104,7 @@ CLI = [  # (what, argv: {d} = the files above, words the one line must hold)
     ("zero learning rate", ["fit", "--lr", "0"], ["--lr", "0"]),
     ("zero temperature", ["fit", "--temperature", "0"], ["--temperature", "0"]),
     ("not a number", ["fit", "--steps", "abc"], ["--steps", "'abc'"]),
-    ("guide misspelled", ["fit", "--guide", "mean-field"], ["'mean-field'", "mean_field"]),
+    ("guide misspelled", ["fit", "--guide", "mean-feild"], ["'mean-feild'", "did you mean 'mean_field'"]),
     ("unknown guide option", ["fit", "--option", "nope=1"], ["'nope'", "mean_field"]),
     ("guide option out of range", ["fit", "--guide", "low_rank", "--option", "rank=0"], ["low_rank", "rank"]),
     ("option twice", ["fit", "--option", "rank=3", "--option", "rank=4"], ["--option", "'rank'", "twice"]),
@@ -537,7 +537,7 @@ def test_diagnose_and_metrics_json_agree(tmp_path, capsys):
 
 
 def test_fit_seconds_count_every_resumed_part(tmp_path):
-    from inference.persist import write
+    from core.signed import write
 
     x, y = toy()
     checkpoint = tmp_path / "c.pt"

@@ -6,8 +6,9 @@ import sys
 import pytest
 import torch
 
-from inference import fit, memory
+from core import memory
 from core.memory import MemoryBudgetError
+from inference import fit
 from zoo import TransformerClassifier
 
 
@@ -75,7 +76,8 @@ def test_given_draws_are_evaluated_in_chunks_as_one_function_each():
 PEAK = """
 import json, resource, sys, torch
 torch.set_num_threads(1)
-from inference import fit, memory
+from core import memory
+from inference import fit
 from zoo import TransformerClassifier
 torch.manual_seed(0)
 x, y = torch.randn(30, 150, 1), torch.randint(0, 2, (30,))
@@ -99,7 +101,7 @@ def test_dirichlet_prediction_on_long_series_stays_within_its_budget():
 
 
 def test_the_default_budget_respects_the_address_space_limit():
-    code = ("import resource; from inference import memory; "
+    code = ("import resource; from core import memory; "
             "resource.setrlimit(resource.RLIMIT_AS, (6 << 30, resource.RLIM_INFINITY)); "
             "print(memory.available() <= 6 << 30, memory.budget() <= 3 << 30)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

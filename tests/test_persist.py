@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from inference import Posterior, fit
-from inference.persist import FORMAT_VERSION, PosteriorFileError, write
+from core.signed import FORMAT_VERSION, PosteriorFileError, write
 from zoo import TransformerClassifier
 from zoo.runs import RunFolder
 
