@@ -206,6 +206,19 @@ def ivon_step_ratio(steps):
     return step_ratio("ivon", steps)
 
 
+@figure("fsp_laplace_fit_ratio", note="no target: a whole fsp-laplace fit (MAP under the GP prior, Lanczos, "
+                                      "Gauss-Newton products) over a whole MAP fit of as many steps")
+def fsp_laplace_fit_ratio(steps):
+    x, y = _data()
+    seconds = {}
+    for guide in ("map", "fsp-laplace"):
+        model = _model()
+        started = time.perf_counter()
+        fit(model, (x, y), guide=guide, steps=steps, lr=1e-3, progress=False)
+        seconds[guide] = time.perf_counter() - started
+    return seconds["fsp-laplace"] / seconds["map"]
+
+
 @figure("fsvi_step_ratio", ("<=", 3.0))
 def fsvi_step_ratio(steps):
     return step_ratio("fsvi", steps)

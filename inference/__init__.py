@@ -9,6 +9,7 @@ from .compare import compare
 from .prior_predictive import PriorPredictive, prior_predictive
 from . import baselines, laplace, lora, mcmc  # noqa: F401  (register nuts, laplace, ensemble, mc_dropout, *_lora)
 from . import blob  # noqa: F401  (registers blob's own fit)
+from . import fsp_laplace  # noqa: F401  (registers fsp-laplace)
 from .guides import ivon  # noqa: F401  (registers ivon)
 from . import degeneracy  # noqa: F401
 from .mcmc import function_space, predictive_distance, weight_space

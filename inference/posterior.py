@@ -4,6 +4,7 @@ from contextlib import nullcontext
 import pyro
 import torch
 from pyro import poutine
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from core.checks import check_draws, check_output, check_prediction
 from core.memory import plan
@@ -138,6 +139,10 @@ class Posterior:
         if self.guide is None:  # fixed draws of network parameters: run the network on them directly
             names = dict(self.model.net.named_parameters())
             params = {n: v for n, v in draws.items() if n in names}  # hyper-parameter draws are not needed here
+            center = self.info.get("linearized_at")
+            if center is not None:  # a linearized Laplace posterior predicts with the linearized network
+                center = {n: c.to(x.device) for n, c in center.items()}
+                return linearized_logits(self.model.net, x, mask, center, params).softmax(-1)
             logits = self.model.net(x, mask, params, samples=s if s > 1 else None)
             return logits.softmax(-1).expand(s, *logits.shape[-2:])
         values = {n: v.reshape(s, 1, *v.shape[1:]) if s > 1 else v[0] for n, v in draws.items()}
@@ -147,3 +152,18 @@ class Posterior:
                       if is_sampled(site) and not site["infer"].get("is_auxiliary")}  # conditioned: observed
             logits = poutine.condition(with_local_sites(self.model, self.guide), latent)(x, None, mask)
         return logits.softmax(-1).reshape(s, *logits.shape[-2:])
+
+
+def linearized_logits(net, x, mask, center, draws):
+    """[S, N, K] logits of ``net`` linearized at the site values ``center``: f(x; c) + J(x; c) (theta_s - c) for
+    each of the S ``draws`` theta_s (a generalized linear model's predictive, one forward-mode product a draw)."""
+    def logits(values):
+        return net(x, mask, values)
+
+    out = []
+    with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no forward-mode derivative
+        for s in range(next(iter(draws.values())).shape[0]):
+            delta = {n: draws[n][s] - c for n, c in center.items()}
+            base, tangent = torch.func.jvp(logits, (center,), (delta,))
+            out.append(base + tangent)
+    return torch.stack(out)

@@ -16,6 +16,7 @@ MAP_TRAINING = {"steps": 1000, "lr": 3e-3, "kl_anneal": 500}
 FIT = {
     "map": MAP_TRAINING,
     "laplace": MAP_TRAINING,
+    "fsp-laplace": MAP_TRAINING,
     "ensemble": MAP_TRAINING,
     "mc_dropout": MAP_TRAINING,
     "mean_field": {"steps": 2000, "lr": 1e-2},
@@ -95,6 +96,9 @@ STUDY = [
     {"label": "mc_dropout", "guide": "mc_dropout", "select": {"model.dropout": [0.05, 0.1, 0.2]}},
     # Function-space VI at T = 1: a GP prior over the logits instead of a weight prior (docs/function-space.md).
     {"label": "fsvi (GP prior)", "guide": "fsvi", "prior": "gp:kernel=rbf,lengthscale=1",
+     "select": {"prior": [f"gp:kernel=rbf,lengthscale={v}" for v in (0.5, 1, 2)]}},
+    # FSP-Laplace (docs/fsp-laplace.md): a MAP under the GP prior, then a linearized Laplace under it.
+    {"label": "fsp-laplace (GP prior)", "guide": "fsp-laplace", "prior": "gp:kernel=rbf,lengthscale=1",
      "select": {"prior": [f"gp:kernel=rbf,lengthscale={v}" for v in (0.5, 1, 2)]}},
     {"label": "last-layer fsvi (GP prior)", "guide": "fsvi", "bayes": "last-layer",
      "prior": "gp:kernel=rbf,lengthscale=1",
