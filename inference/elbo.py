@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
-from torch.distributions import kl_divergence
+from torch.distributions import Independent, kl_divergence
 
 from .sites import is_latent, is_sampled, with_local_sites
 
@@ -28,10 +28,11 @@ class ElboTerms:
     model_trace: object
     guide_trace: object
     kl_sites: dict = None  # site -> its part of ``kl`` (a joint guide's parts are log-densities, not KLs)
+    kl_objective: torch.Tensor = None  # ``kl`` with the attention remedies applied (None: none, the same)
 
     def loss(self, temperature=1.0, beta=1.0):
-        """Negative tempered, annealed ELBO: -loglik / T + beta * KL."""
-        return -self.loglik / temperature + beta * self.kl
+        """Negative tempered, annealed ELBO: -loglik / T + beta * KL (the remedied KL where a guide asks)."""
+        return -self.loglik / temperature + beta * (self.kl if self.kl_objective is None else self.kl_objective)
 
 
 def _closed_form_kl(q, p):
@@ -39,6 +40,19 @@ def _closed_form_kl(q, p):
         return kl_divergence(q, p)
     except NotImplementedError:
         return None
+
+
+def remedied_kl(q, p, remedy):
+    """An attention site's objective term: ``weight`` * sum of max(KL_row, ``free_bits``) over its rows (the KL
+    under the Independent wrappers, per row; rows of padding queries count 0), or ``weight`` * KL without free
+    bits (``AttentionGuide``)."""
+    if not remedy["free_bits"]:
+        return remedy["weight"] * kl_divergence(q, p)
+    while isinstance(q, Independent):
+        q, p = q.base_dist, p.base_dist
+    kl, mask = kl_divergence(q, p), getattr(q, "mask", None)
+    floor = torch.full_like(kl, remedy["free_bits"]) if mask is None else remedy["free_bits"] * mask.any(-1).to(kl)
+    return remedy["weight"] * torch.maximum(kl, floor)  # padding rows (no real key) have KL 0 and no floor
 
 
 def particles(num):
@@ -50,7 +64,7 @@ def elbo_terms(model, guide, *args, num_particles=1, **kwargs):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         run = with_local_sites(model, guide)
         model_trace = poutine.trace(poutine.replay(run, trace=guide_trace)).get_trace(*args, **kwargs)
-    loglik, parts = 0.0, {}
+    loglik, parts, remedied = 0.0, {}, {}
 
     def add(name, term):
         parts[name] = parts.get(name, 0.0) + term
@@ -63,6 +77,9 @@ def elbo_terms(model, guide, *args, num_particles=1, **kwargs):
             continue
         if "posterior" in site["infer"]:  # drawn from its amortized posterior in the model's pass: closed-form KL
             add(name, site["scale"] * kl_divergence(site["infer"]["posterior"], site["fn"]).sum())
+            if "remedy" in site["infer"]:
+                remedied[name] = site["scale"] * remedied_kl(site["infer"]["posterior"], site["fn"],
+                                                             site["infer"]["remedy"]).sum()
             continue
         q = guide_trace.nodes[name]
         closed = _closed_form_kl(q["fn"], site["fn"])
@@ -75,8 +92,9 @@ def elbo_terms(model, guide, *args, num_particles=1, **kwargs):
         if is_latent(q) and not q.get("kl_done"):
             add(name, q["scale"] * q["fn"].log_prob(q["value"]).sum())
     kl = sum(parts.values(), 0.0)
+    objective = sum((remedied.get(n, v) for n, v in parts.items()), 0.0) / num_particles if remedied else None
     return ElboTerms(loglik / num_particles, kl / num_particles, model_trace, guide_trace,
-                     {n: v / num_particles for n, v in parts.items()})
+                     {n: v / num_particles for n, v in parts.items()}, objective)
 
 
 def first_nonfinite_site(terms):

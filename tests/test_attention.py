@@ -282,3 +282,58 @@ def test_an_attention_fit_reports_its_kl_per_attention_number_and_attention_entr
     post = inference.fit(model, (x, y, mask), guide=guide, steps=5, progress=False)
     found = degeneracy.check(post, x, mask).to_dict()
     assert found["kl_per_attention_number"] > 0 and 0 <= found["attention_entropy"] <= math.log(x.shape[1])
+
+
+# --- remedies for a posterior on its prior (docs/attention.md) ----------------------------------------------
+
+def remedy_terms(guide_name, bayes, **options):
+    x, mask, _ = padded_batch()
+    model = tiny_model(bayes)
+    guide = inference.GUIDES[guide_name](model, x, None, mask, **options)
+    pyro.set_rng_seed(0)
+    with torch.no_grad():
+        return guide, elbo_terms(model, guide, x, torch.tensor([0, 1]), mask, 10)
+
+
+@pytest.mark.parametrize("guide_name, bayes", [("dirichlet", "attention"), ("bam", "bam")])
+def test_remedies_are_off_by_default_and_change_nothing_then(guide_name, bayes):
+    guide, terms = remedy_terms(guide_name, bayes)
+    _, same = remedy_terms(guide_name, bayes, free_bits=0.0, local_kl_weight=1.0)
+    assert guide.remedy is None and terms.kl_objective is None and same.kl_objective is None
+    assert torch.equal(terms.loss(0.5, 0.3), -terms.loglik / 0.5 + 0.3 * terms.kl)
+    assert torch.equal(same.loss(), terms.loss())
+
+
+def test_free_bits_and_the_local_weight_change_the_objective_as_documented():
+    """By hand: each attention row's KL (torch's Dirichlet KL), floored at lambda, times w, times N / B."""
+    _, plain = remedy_terms("dirichlet", "attention")
+    site = plain.model_trace.nodes[site_name(0)]
+    free_bits, weight = float(kl_divergence(site["infer"]["posterior"].base_dist, site["fn"].base_dist).median()), 0.3
+    _, terms = remedy_terms("dirichlet", "attention", free_bits=free_bits, local_kl_weight=weight)
+    assert torch.allclose(terms.kl, plain.kl)  # the reported KL is the true one
+    expected, floored = 0.0, 0
+    for name in (site_name(0), site_name(1)):
+        site = terms.model_trace.nodes[name]
+        q, p = site["infer"]["posterior"].base_dist, site["fn"].base_dist
+        real = q.mask[..., 0] if q.mask is not None else torch.ones(q.concentration.shape[:-1], dtype=torch.bool)
+        rows = torch.zeros(q.concentration.shape[:-1], dtype=torch.float64)
+        for index in real.nonzero().tolist():  # each real row alone, over its real keys, by torch's Dirichlet
+            keys = q.mask[tuple(index)] if q.mask is not None else slice(None)
+            rows[tuple(index)] = kl_divergence(Dirichlet(q.concentration[tuple(index)][keys].double()),
+                                               Dirichlet(p.concentration[tuple(index)][keys].double()))
+        floored += int(((rows < free_bits) & real).sum())
+        expected += site["scale"] * weight * torch.where(real, rows.clamp_min(free_bits), 0.0).sum()
+    assert floored > 0  # the floor is active on some rows, so the check can tell it from no floor
+    assert torch.allclose(terms.kl_objective.double(), torch.as_tensor(expected), rtol=1e-4)
+    assert torch.allclose(terms.loss(1.0, 0.5), -terms.loglik + 0.5 * terms.kl_objective)
+
+
+def test_a_local_weight_scales_the_attention_kl_alone_and_free_bits_need_rows():
+    _, plain = remedy_terms("bam", "bam,last-layer")
+    _, weighted = remedy_terms("bam", "bam,last-layer", local_kl_weight=0.25)
+    local = sum(v for n, v in plain.kl_sites.items() if n in (site_name(0), site_name(1)))
+    assert torch.allclose(weighted.kl_objective, plain.kl - 0.75 * local, rtol=1e-5)
+    with pytest.raises(TypeError, match="free_bits needs a KL per attention row"):
+        remedy_terms("bam", "bam", free_bits=0.1)
+    with pytest.raises(TypeError, match="local_kl_weight must be a number >= 0"):
+        remedy_terms("dirichlet", "attention", local_kl_weight=-1)

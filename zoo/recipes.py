@@ -80,6 +80,14 @@ STUDY = [
     {"label": "low_rank", "guide": "low_rank", "select": {"temperature": TEMPERATURES}},
     {"label": "last-layer mean_field", "guide": "mean_field", "bayes": "last-layer", "select": {"prior": PRIOR_SCALES}},
     {"label": "dirichlet attention", "guide": "dirichlet", "bayes": "attention", "select": {"temperature": KL_WEIGHTS}},
+    # Remedies for attention posteriors that sit on their prior (issue 31; docs/attention.md), beside the unchanged
+    # row: a KL warm-up from 0, free bits per attention row, a KL weight on the attention sites alone.
+    {"label": "dirichlet attention (KL warm-up)", "guide": "dirichlet", "bayes": "attention",
+     "select": {"kl_anneal": [250, 750, 1500]}},
+    {"label": "dirichlet attention (free bits)", "guide": "dirichlet", "bayes": "attention",
+     "select": {"guide_options": [{"free_bits": v} for v in (0.05, 0.2, 1.0)]}},
+    {"label": "dirichlet attention (local KL weight)", "guide": "dirichlet", "bayes": "attention",
+     "select": {"guide_options": [{"local_kl_weight": v} for v in (1e-2, 1e-3, 1e-4)]}},
     {"label": "bam attention", "guide": "bam", "bayes": "bam", "select": {"temperature": KL_WEIGHTS}},
     {"label": "sgpa attention", "guide": "sgpa", "bayes": "sgpa", "select": {"temperature": KL_WEIGHTS}},
     {"label": "sgpa-decoupled attention", "guide": "sgpa-decoupled", "bayes": "sgpa-decoupled",

@@ -48,18 +48,37 @@ class LocalPosterior(Messenger):
         q = self.guide.posterior(msg["name"], context).expand(msg["fn"].batch_shape)
         msg["value"] = q.mean if self.mean else q.rsample()
         msg["infer"]["posterior"] = q
+        if self.guide.remedy is not None:
+            msg["infer"]["remedy"] = self.guide.remedy
 
 
 class AttentionGuide(nn.Module):
-    """Shared part: a weight-space guide for the global sites, and one parameter per layer and head."""
+    """Shared part: a weight-space guide for the global sites, and one parameter per layer and head.
+
+    Two remedies for a posterior that collapses onto its prior (docs/attention.md), both off by default and
+    then changing nothing: ``local_kl_weight`` w multiplies the attention sites' KL alone in the objective, and
+    ``free_bits`` lambda (families with per-row KLs: ``dirichlet``) leaves each attention row's KL unpenalized
+    below lambda nats, the objective's term being w * sum over rows of max(KL_row, lambda) (Kingma et al. 2016,
+    per row and sequence). The KL the fit reports (``ElboTerms.kl``) stays the true one.
+    """
 
     family = ""
+    rows_have_kl = False  # the posterior is Independent over rows, so free bits can floor each row's KL
 
-    def __init__(self, model, *args, init, weights="mean_field", **weight_options):
+    def __init__(self, model, *args, init, weights="mean_field", free_bits=0.0, local_kl_weight=1.0,
+                 **weight_options):
         super().__init__()
         if getattr(model, "attention", None) != self.family:
             raise TypeError(f"the model has no {self.family} attention sites (build it with bayes containing "
                             f"'{'attention' if self.family == 'dirichlet' else self.family}')")
+        for name, value in (("free_bits", free_bits), ("local_kl_weight", local_kl_weight)):
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf):
+                raise TypeError(f"{name} must be a number >= 0, got {value!r}")
+        if free_bits and not self.rows_have_kl:
+            raise TypeError(f"free_bits needs a KL per attention row, which guide '{self.family}' does not have "
+                            f"(dirichlet has); use local_kl_weight")
+        self.remedy = None if (free_bits, local_kl_weight) == (0, 1) else \
+            {"free_bits": float(free_bits), "weight": float(local_kl_weight)}
         guide = weight_guide(weights)
         self.weights = guide(model, *args, **weight_options) if global_sites(model, *args) else None
         heads = model.cfg.heads
@@ -81,6 +100,7 @@ class Dirichlet(AttentionGuide):
     """Amortized Dirichlet attention: concentration ``c_h * softmax(logits) + floor``, c_h from ``init_concentration``."""
 
     family = "dirichlet"
+    rows_have_kl = True
 
     def __init__(self, model, *args, init_concentration=100.0, floor=0.1, **options):
         super().__init__(model, *args, init=init_concentration, **options)
