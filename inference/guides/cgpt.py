@@ -65,6 +65,7 @@ class CGPT(nn.Module):
     """Correlated-GP attention: the model's own draws, and ``cgp_weight`` (lambda, >= 0) times the CGP loss."""
 
     family = "cgpt"
+    remedy = None  # no KL to remedy: the CGP loss is a regularizer (AttentionGuide's remedies do not apply)
 
     def __init__(self, model, x, y=None, mask=None, cgp_weight=CGP_WEIGHT, weights="mean_field", **weight_options):
         super().__init__()
