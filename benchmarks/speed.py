@@ -25,7 +25,8 @@ import torch
 from torch.distributions import kl_divergence
 
 from inference import fit
-from priors import MaskedDirichlet, gamma
+from priors import MaskedDirichlet
+from priors.kernels import gamma
 from zoo import TransformerClassifier
 from zoo.models.plain import PlainTransformer, train_step
 
@@ -106,7 +107,7 @@ def fit_step_seconds(guide, x, y, steps, bayes="weights", make=None, exclude=(),
     """Marginal seconds per step of ``inference.fit``, from fits of ``2`` and ``2 + steps`` steps.
 
     ``make()`` builds the model (default: the workload's transformer with ``bayes``); the time spent inside the
-    ``priors.gamma`` functions named in ``exclude`` is left out (a step with that part for free)."""
+    ``priors.kernels.gamma`` functions named in ``exclude`` is left out (a step with that part for free)."""
     times = []
     for k in (2, 2 + steps):
         model = make() if make else _model(bayes)

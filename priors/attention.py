@@ -19,7 +19,7 @@ import torch
 from pyro.distributions import constraints
 from torch.distributions import Gamma, Weibull, register_kl
 
-from . import gamma
+from .kernels import gamma
 from .base import Prior, PriorError, flag, format_spec, positive
 from .spec import register
 
@@ -33,7 +33,7 @@ class MaskedDirichlet(dist.TorchDistribution):
     Sampled as normalized Gamma variates (how torch's ``Dirichlet.rsample`` samples),
     so gradients reach the concentration by implicit reparameterization (torch's
     approximation of ``dg/dalpha``). On the CPU, draws, normalization and gradient
-    are one fused pass of ``priors.gamma``'s kernels; elsewhere torch's kernels.
+    are one fused pass of ``priors.kernels.gamma``'s kernels; elsewhere torch's kernels.
     Sampling runs in float32 whatever the input dtype: half precision Gamma sampling
     underflows and float64 buys nothing.
     """
@@ -138,7 +138,7 @@ class _DirichletKL(torch.autograd.Function):
     (A, B the row totals), so ``dKL/da_j = (a_j - b_j) psi'(a_j) - (A - B) psi'(A)`` and
     ``dKL/db_j = psi(b_j) - psi(B) - psi(a_j) + psi(A)``: two special-function passes
     over the [B, H, T, T] rows where autograd's chain would take about twice as many,
-    each one fused kernel on the CPU (``priors.gamma``).
+    each one fused kernel on the CPU (``priors.kernels.gamma``).
     """
 
     @staticmethod
@@ -225,7 +225,7 @@ class MaskedWeibull(_AttentionWeights):
     """BAM's posterior: weights ``~ Weibull(concentration, exp(log_scale))`` over an attention site's entries.
 
     Parameterized by ``log_scale`` so that tiny weights never underflow before they are used. On the
-    CPU a draw is one fused pass of ``priors.gamma`` (``exp(log_scale) E^(1/k)``, E exponential),
+    CPU a draw is one fused pass of ``priors.kernels.gamma`` (``exp(log_scale) E^(1/k)``, E exponential),
     and the KL to ``MaskedGamma`` is one fused pass per direction; elsewhere torch ops.
     """
 

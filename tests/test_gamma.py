@@ -1,4 +1,4 @@
-"""priors.gamma: the fast kernels draw exact Gamma and Dirichlet variates, keep torch's implicit gradient and
+"""priors.kernels.gamma: the fast kernels draw exact Gamma and Dirichlet variates, keep torch's implicit gradient and
 closed-form KL, follow the seed not the thread count; torch's kernels stay the reference and the fallback."""
 import math
 
@@ -9,10 +9,11 @@ import scipy.stats
 import torch
 from torch.distributions import kl_divergence
 
-from priors import MaskedDirichlet, MaskedGamma, MaskedWeibull, gamma
+from priors import MaskedDirichlet, MaskedGamma, MaskedWeibull
+from priors.kernels import gamma
 
-kernels = pytest.importorskip("priors.gamma_kernels")
-vm = pytest.importorskip("priors.vector_math")
+kernels = pytest.importorskip("priors.kernels.numba_gamma")
+vm = pytest.importorskip("priors.kernels.vector_math")
 TINY = np.finfo(np.float32).tiny  # draws are clamped here, as torch clamps them
 SHAPES = [1e-3, 1e-2, 0.1, 0.5, 1.0, 2.5, 10.0, 100.0, 1e3]
 

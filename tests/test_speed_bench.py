@@ -36,7 +36,7 @@ def test_the_issue_targets_judge_the_measured_figures(monkeypatch, capsys, name,
 
 def test_time_spent_in_counts_the_named_functions_and_puts_them_back():
     """The *_without_sampler figures subtract what the sampler's functions took inside a fit step."""
-    from priors import gamma
+    from priors.kernels import gamma
 
     original = gamma.dirichlet_rows
     alpha = torch.ones(512, 64)

@@ -1,8 +1,8 @@
 """numba kernels for Gamma-family attention: exact draws, implicit gradients and closed-form KLs in fused passes.
 
 Each kernel works on a block of rows of a C-contiguous float32 array and releases
-the GIL, so ``priors.gamma`` runs blocks on several threads. Arithmetic is the
-vectorizable float32 math of ``priors.vector_math``; per-row sums are float64.
+the GIL, so ``priors.kernels.gamma`` runs blocks on several threads. Arithmetic is the
+vectorizable float32 math of ``priors.kernels.vector_math``; per-row sums are float64.
 
 **Gamma draws** are Marsaglia and Tsang's (2000) rejection sampler, boosted below
 shape 1 (``Gamma(a) = Gamma(a + 1) U^(1/a)``), exactly as torch draws them: a
@@ -26,12 +26,12 @@ is a score-function term that would need the whole loss.
 per row, one more pass.
 
 **KLs** are the closed forms already used by ``priors.attention``, with
-lgamma/digamma/trigamma from ``priors.vector_math``.
+lgamma/digamma/trigamma from ``priors.kernels.vector_math``.
 """
 import numba
 import numpy as np
 
-from .vector_math import (F, GOLDEN, HALF, ONE, SHIFT32, TWO, ZERO, cos_quarter, digamma, digamma64, digamma_shifted,
+from .vector_math import (F32, GOLDEN, HALF, ONE, SHIFT32, TWO, ZERO, cos_quarter, digamma, digamma64, digamma_shifted,
                           exp, lgamma64, lgamma_digamma, log, mix, sqrt, trigamma, trigamma64, uniform)
 
 kernel = numba.njit(nogil=True, error_model="numpy", cache=True)
@@ -39,13 +39,13 @@ inline = numba.njit(inline="always", error_model="numpy")
 
 BLOCK = 4096  # elements drawn before their rows are normalized: the block stays in L1/L2
 
-_THIRD, _NINE, _SQUEEZE = F(1 / 3), F(9), F(0.0331)
-_TINY = F(np.finfo(np.float32).tiny)  # torch clamps Gamma draws at the smallest normal float as well
+_THIRD, _NINE, _SQUEEZE = F32(1 / 3), F32(9), F32(0.0331)
+_TINY = F32(np.finfo(np.float32).tiny)  # torch clamps Gamma draws at the smallest normal float as well
 _SIGN = np.uint64(1) << np.uint64(63)
-_ANGLE_BITS, _TWO_M31 = np.uint64(0x7FFFFFFF), F(2.0 ** -31)
-_QUARTER = F(0.25)
-_R = tuple(F(3 * (-1) ** (k + 1) / k) for k in range(4, 16))  # d t^4 R(t) = d (3 log(1+t) - 3t + 3t^2/2 - t^3)
-_ONE_HALF, _THREE = F(1.5), F(3)
+_ANGLE_BITS, _TWO_M31 = np.uint64(0x7FFFFFFF), F32(2.0 ** -31)
+_QUARTER = F32(0.25)
+_R = tuple(F32(3 * (-1) ** (k + 1) / k) for k in range(4, 16))  # d t^4 R(t) = d (3 log(1+t) - 3t + 3t^2/2 - t^3)
+_ONE_HALF, _THREE = F32(1.5), F32(3)
 
 
 @inline
@@ -61,7 +61,7 @@ def _proposal(a, h0, h1, full):
     boost = a < ONE
     d = (a + ONE if boost else a) - _THIRD
     c = ONE / sqrt(_NINE * d)
-    v = F(np.uint32((h0 >> SHIFT32) & _ANGLE_BITS)) * _TWO_M31
+    v = F32(np.uint32((h0 >> SHIFT32) & _ANGLE_BITS)) * _TWO_M31
     cs = cos_quarter(v)
     n = sqrt(-TWO * log(uniform(h0))) * (-cs if h0 & _SIGN else cs)
     t = c * n
@@ -144,16 +144,16 @@ def gamma_draws(alpha, out, key, first):
 
 
 # torch's standard_gamma_grad_one (ATen/native/Distributions.h), branch-free in float32.
-_P8, _P9, _P11, _SIX, _EIGHT, _TWELVE, _TWENTYFOUR = F(0.8), F(0.9), F(1.1), F(6), F(8), F(12), F(24)
-_S = (F(24), F(1440), F(53), F(120), F(65), F(107), F(3600), F(1244160))
-_H = tuple(F(1 / (2 * k + 3)) for k in range(10))  # 1/3, 1/5, ..., 1/21
-_RAT = tuple(F(c) for c in (
+_P8, _P9, _P11, _SIX, _EIGHT, _TWELVE, _TWENTYFOUR = F32(0.8), F32(0.9), F32(1.1), F32(6), F32(8), F32(12), F32(24)
+_S = (F32(24), F32(1440), F32(53), F32(120), F32(65), F32(107), F32(3600), F32(1244160))
+_H = tuple(F32(1 / (2 * k + 3)) for k in range(10))  # 1/3, 1/5, ..., 1/21
+_RAT = tuple(F32(c) for c in (
     0.16009398, -0.094634809, 0.025146376, -0.0030648343, 1, 0.32668115, 0.10406089, 0.0014179084,
     0.53487893, 0.1298071, 0.065735949, -0.0015649758, 0.16639465, 0.020070113, -0.0035938915, -0.00058392623,
     0.040121004, -0.0065914022, -0.0026286047, -0.0013441777, 0.017050642, -0.0021309326, 0.00085092367,
     -1.5247877e-07))
-_I2, _I3, _I4, _I5 = F(1 / 2), F(1 / 3), F(1 / 4), F(1 / 5)
-_FOUR, _FIVE = F(4), F(5)
+_I2, _I3, _I4, _I5 = F32(1 / 2), F32(1 / 3), F32(1 / 4), F32(1 / 5)
+_FOUR, _FIVE = F32(4), F32(5)
 
 
 @inline
@@ -256,7 +256,7 @@ def dirichlet_rows(alpha, mask, key, first_row, x, factor, want_grad):
                 for j in range(width):
                     g[j] = g[j] if mask[r, j] else ZERO
             total = _sum(g)
-            inv = F(1.0 / total) if total > 0 else ZERO
+            inv = F32(1.0 / total) if total > 0 else ZERO
             if want_grad:
                 for j in range(width):
                     factor[r, j] = gamma_grad(alpha[r, j], g[j]) * inv
@@ -271,7 +271,7 @@ def dirichlet_rows(alpha, mask, key, first_row, x, factor, want_grad):
 def dirichlet_rows_grad(grad, x, factor, out):
     """Backward of ``dirichlet_rows``: ``out = (grad - <grad, x>) * factor`` per row."""
     for r in range(grad.shape[0]):
-        dot = F(_dot(grad[r], x[r]))
+        dot = F32(_dot(grad[r], x[r]))
         for j in range(grad.shape[1]):
             out[r, j] = (grad[r, j] - dot) * factor[r, j]
 
@@ -349,7 +349,7 @@ def dirichlet_kl_grad(grad, a, b, mask, grad_a, grad_b):
         row_b[r] = g * (digamma64(ra) - digamma64(rb)) if count[r] > 0 else 0.0
     b0 = b[0, 0]
     for r in range(rows):
-        g = F(grad[r])
+        g = F32(grad[r])
         if shared:
             for j in range(width):
                 grad_a[r, j] = g * (a[r, j] - b0) * trigamma(a[r, j]) - row_a[r]
@@ -378,7 +378,7 @@ def _log_exponential(h):
     """log E for E ~ Exponential(1) from the low 32 bits of ``h``: E = -log1p(-v) for one half of the
     words and -log(v) for the other, v in (0, 1/2], so E is accurate at both ends (no 0, no inf)."""
     low = (h & _WORD) < _HALF_WORD
-    v = (F(np.uint32(np.minimum(h & _WORD, _WORD - (h & _WORD)))) + HALF) * F(2.0 ** -32)
+    v = (F32(np.uint32(np.minimum(h & _WORD, _WORD - (h & _WORD)))) + HALF) * F32(2.0 ** -32)
     w = ONE - v
     log_arg = log(w if low else v)
     exponential = (-log_arg * v / (ONE - w) if w != ONE else v) if low else -log_arg  # -log1p(-v) by Goldberg
@@ -408,7 +408,7 @@ def weibull_draws_grad(grad, x, t, inv_k, grad_log_scale, grad_inv_k):
             gx = grad[r, j] * x[r, j]
             grad_log_scale[r, j] = gx
             scratch[j] = gx * t[r, j]
-        grad_inv_k[r] = F(_sum(scratch)) / inv_k[r]
+        grad_inv_k[r] = F32(_sum(scratch)) / inv_k[r]
 
 
 @inline
@@ -494,7 +494,7 @@ def weibull_gamma_kl_grad(grad, log_scale, k, alpha, per, beta, mask, g_log_scal
         inv_k = 1.0 / kr
         g_k[r] = gr * (n * inv_k - _EULER64 * inv_k * inv_k * sa + br * dg_dk * se)
         g_beta[r] = gr * (-sa / br + g * se)
-        scale, shift, grf = F(gr * br * g), F(_EULER64 * inv_k - log_beta), F(gr)
+        scale, shift, grf = F32(gr * br * g), F32(_EULER64 * inv_k - log_beta), F32(gr)
         for j in range(width):
             ell = log_scale[r, j]
             g_log_scale[r, j] = scale * exp(ell) - grf * alpha[current, j]

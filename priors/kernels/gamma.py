@@ -3,7 +3,7 @@
 Two backends, chosen per tensor:
 
 - ``fast`` (the default for float32 tensors on the CPU): the numba kernels of
-  ``priors.gamma_kernels``, which draw, normalize and differentiate an attention
+  ``priors.kernels.numba_gamma``, which draw, normalize and differentiate an attention
   row in one vectorized pass; about 30 times cheaper per element than torch's
   serial CPU kernels (``docs/attention.md``, speed). Compiled on first use and
   cached next to the source (seconds, once per machine).
@@ -56,14 +56,14 @@ def backend(name):
 
 
 def kernels():
-    """``priors.gamma_kernels`` (imports numba and loads or compiles the kernels), or None without numba."""
+    """``priors.kernels.numba_gamma`` (imports numba and loads or compiles the kernels), or None without numba."""
     global _kernels
     if _kernels is None:
         try:
-            from . import gamma_kernels
+            from . import numba_gamma
         except ImportError:
-            gamma_kernels = False
-        _kernels = gamma_kernels
+            numba_gamma = False
+        _kernels = numba_gamma
     return _kernels or None
 
 

@@ -1,4 +1,4 @@
-"""float32 elementwise math that LLVM vectorizes inside numba kernels: the building blocks of ``priors.gamma``.
+"""float32 elementwise math that LLVM vectorizes inside numba kernels: the building blocks of ``priors.kernels.gamma``.
 
 A numba loop becomes SIMD code only when its body is straight-line arithmetic:
 calls into libm (``math.log``, ``math.exp``) stay scalar calls, and numba's own
@@ -25,8 +25,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-F = np.float32
-ZERO, HALF, ONE, TWO = F(0), F(0.5), F(1), F(2)
+F32 = np.float32
+ZERO, HALF, ONE, TWO = F32(0), F32(0.5), F32(1), F32(2)
 
 inline = numba.njit(inline="always", error_model="numpy")
 
@@ -61,10 +61,10 @@ def sqrt64(typingctx, x):
     return types.float64(types.float64), codegen
 
 
-_LN2_HI, _LN2_LO, _LOG2E = F(0.693359375), F(-2.12194440e-4), F(1.4426950408889634)
+_LN2_HI, _LN2_LO, _LOG2E = F32(0.693359375), F32(-2.12194440e-4), F32(1.4426950408889634)
 _SQRT_HALF = np.int32(0x3F3504F3)  # bits of sqrt(1/2)
 _ONE_BITS, _MANTISSA, _EXP_SHIFT, _BIAS = np.int32(0x3F800000), np.int32(0x007FFFFF), np.int32(23), np.int32(127)
-_L3, _L5, _L7, _L9 = F(2 / 3), F(2 / 5), F(2 / 7), F(2 / 9)
+_L3, _L5, _L7, _L9 = F32(2 / 3), F32(2 / 5), F32(2 / 7), F32(2 / 9)
 
 
 @inline
@@ -72,15 +72,15 @@ def log(x):
     """Natural log of a positive normal float32: ``x = 2^e m`` with m in [sqrt(1/2), sqrt(2)), then
     ``log m = 2 atanh(s)``, ``s = (m - 1) / (m + 1)``, |s| <= 0.172, by its series to s^9."""
     bits = _float_bits(x) + (_ONE_BITS - _SQRT_HALF)
-    e = F((bits >> _EXP_SHIFT) - _BIAS)
+    e = F32((bits >> _EXP_SHIFT) - _BIAS)
     m = _bits_float((bits & _MANTISSA) + _SQRT_HALF)
     s = (m - ONE) / (m + ONE)
     z = s * s
     return e * _LN2_HI + (s * (TWO + z * (_L3 + z * (_L5 + z * (_L7 + z * _L9)))) + e * _LN2_LO)
 
 
-_EXP_LO, _EXP_HI = F(-87.3), F(88.0)
-_E = tuple(F(1 / np.prod(np.arange(1.0, k + 1))) for k in range(8))  # 1/k!
+_EXP_LO, _EXP_HI = F32(-87.3), F32(88.0)
+_E = tuple(F32(1 / np.prod(np.arange(1.0, k + 1))) for k in range(8))  # 1/k!
 
 
 @inline
@@ -93,8 +93,8 @@ def exp(x):
     return p * _bits_float((np.int32(n) + _BIAS) << _EXP_SHIFT) if x >= _EXP_LO else ZERO
 
 
-_HALF_PI = F(np.pi / 2)
-_C = tuple(F((-1) ** k / np.prod(np.arange(1.0, 2 * k + 1))) for k in range(7))  # (-1)^k / (2k)!
+_HALF_PI = F32(np.pi / 2)
+_C = tuple(F32((-1) ** k / np.prod(np.arange(1.0, 2 * k + 1))) for k in range(7))  # (-1)^k / (2k)!
 
 
 @inline
@@ -110,7 +110,7 @@ GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S27, _S30, _S31, SHIFT32 = np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(32)
 _LOW32 = np.uint64(0xFFFFFFFF)
-_TWO_M32 = F(2.0 ** -32)
+_TWO_M32 = F32(2.0 ** -32)
 
 
 @inline
@@ -124,16 +124,16 @@ def mix(z):
 @inline
 def uniform(bits):
     """A float32 uniform on (0, 1] from the low 32 bits of ``bits``."""
-    return (F(np.uint32(bits & _LOW32)) + HALF) * _TWO_M32
+    return (F32(np.uint32(bits & _LOW32)) + HALF) * _TWO_M32
 
 
 # Special functions for the Dirichlet KL: shift a < 6 up by six, then the asymptotic series.
-_SIX = F(6)
-_HALF_LOG_2PI = F(0.9189385332046727)
-_G1, _G3, _G5 = F(1 / 12), F(1 / 360), F(1 / 1260)
-_P2, _P4, _P6 = F(1 / 12), F(1 / 120), F(1 / 252)
-_T3, _T5, _T7, _T9 = F(1 / 6), F(1 / 30), F(1 / 42), F(1 / 30)
-_THREE, _FOUR, _FIVE = F(3), F(4), F(5)
+_SIX = F32(6)
+_HALF_LOG_2PI = F32(0.9189385332046727)
+_G1, _G3, _G5 = F32(1 / 12), F32(1 / 360), F32(1 / 1260)
+_P2, _P4, _P6 = F32(1 / 12), F32(1 / 120), F32(1 / 252)
+_T3, _T5, _T7, _T9 = F32(1 / 6), F32(1 / 30), F32(1 / 42), F32(1 / 30)
+_THREE, _FOUR, _FIVE = F32(3), F32(4), F32(5)
 
 
 @inline
