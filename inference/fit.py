@@ -89,39 +89,24 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
               stop_at=stop_at, early_stopping=validation is not None)
     if device is not None:
         model.to(check_device(device, FitError))
-    x, y, mask = unpack(data, model_device(model), model_dtype(model), source="fit data")
+    x, y, mask = checked_data(model, data, "fit data")
     cfg = getattr(getattr(model, "net", None), "cfg", None)
-    check_data(x, y, mask, num_classes=getattr(cfg, "num_classes", None), vocab_size=getattr(cfg, "vocab_size", None),
-               source="fit data")
     if hasattr(getattr(model, "net", None), "check_input"):
         model.net.check_input(x)  # here, not inside a Pyro trace, which would append its shape table
     pyro.set_rng_seed(seed)
     if isinstance(guide, str) and guide in METHODS:
-        fitter = METHODS[guide]
-        options = {**(guide_options or {}), **method_options}
-        accepted = inspect.signature(fitter).parameters
-        if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-            unknown = [k for k in options if k not in accepted]
-            if unknown:
-                valid = [k for k in accepted if k not in ("model", "data")]
-                raise FitError(f"method '{guide}' has no option '{unknown[0]}'; valid: {', '.join(valid)}")
-        given = {"num_particles": num_particles, "kl_anneal": kl_anneal, "clip_norm": clip_norm}
-        options.update({k: v for k, v in given.items() if k in accepted})  # check_fit refused the rest if set
-        started = time.perf_counter()
-        posterior = fitter(model, (x, y, mask), steps=steps, lr=lr, batch_size=batch_size, temperature=temperature,
-                           seed=seed, progress=progress, **options)
-        posterior.info.setdefault("fit_seconds", time.perf_counter() - started)
-        return posterior
+        svi_options = {"num_particles": num_particles, "kl_anneal": kl_anneal, "clip_norm": clip_norm}
+        return fit_method(guide, model, (x, y, mask), {**(guide_options or {}), **method_options}, svi_options,
+                          steps=steps, lr=lr, batch_size=batch_size, temperature=temperature, seed=seed,
+                          progress=progress)
     if method_options:
         raise FitError(f"unknown option(s) for guide '{guide}': {', '.join(method_options)}")
     name, guide = build_guide(guide, model, x, y, mask, guide_options or {})
     if checkpoint is not None:
-        checkpoint = Checkpoint(checkpoint, checkpoint_every, {
-            "guide": name, "guide_options": dict(guide_options or {}), "steps": steps, "lr": lr,
-            "batch_size": batch_size, "num_particles": num_particles, "kl_anneal": kl_anneal,
-            "temperature": temperature, "clip_norm": clip_norm, "seed": seed,
-            "model": model.config() if hasattr(model, "config") else type(model).__name__,
-            "data": [x.shape[0], float(x.double().sum()), float(y.double().sum())]})
+        checkpoint = Checkpoint(checkpoint, checkpoint_every, fit_fingerprint(
+            model, x, y, guide=name, guide_options=dict(guide_options or {}), steps=steps, lr=lr,
+            batch_size=batch_size, num_particles=num_particles, kl_anneal=kl_anneal, temperature=temperature,
+            clip_norm=clip_norm, seed=seed))
 
     def posterior(losses, seconds, record=None):
         extra = {"stopped_at": len(losses)} if stop_at is not None or record else {}
@@ -136,20 +121,47 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
         if getattr(cfg, "num_classes", None) is None:
             raise FitError("early stopping (validation) scores a classifier's predictive NLL; this model is not a "
                            "classifier")
-        xv, yv, mv = unpack(validation, model_device(model), model_dtype(model), source="validation data")
-        check_data(xv, yv, mv, num_classes=getattr(cfg, "num_classes", None),
-                   vocab_size=getattr(cfg, "vocab_size", None), source="validation data")
-
-        def monitor():
-            return validation_nll(posterior([], 0.0), xv, yv, mv, seed)
+        xv, yv, mv = checked_data(model, validation, "validation data")
+        monitor = Monitor(lambda: validation_nll(posterior([], 0.0), xv, yv, mv, seed), check_every, patience)
     try:
         losses, seconds, record = svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_anneal,
-                                      temperature, clip_norm, seed, progress, name, checkpoint,
-                                      Monitor(monitor, check_every, patience) if monitor else None, stop_at)
+                                      temperature, clip_norm, seed, progress, name, checkpoint, monitor, stop_at)
     except NonFiniteError as e:
         e.posterior = posterior(e.losses, e.seconds)  # the last good state, to inspect or save
         raise
     return posterior(losses, seconds, record)
+
+
+def fit_fingerprint(model, x, y, **settings):
+    """What a checkpoint must match to be resumed by a fit: its settings, the model's config and the data's sums."""
+    return {**settings, "model": model.config() if hasattr(model, "config") else type(model).__name__,
+            "data": [x.shape[0], float(x.double().sum()), float(y.double().sum())]}
+
+
+def checked_data(model, data, source):
+    """``data`` as tensors on the model's device and dtype, checked against its classes and vocabulary."""
+    x, y, mask = unpack(data, model_device(model), model_dtype(model), source=source)
+    cfg = getattr(getattr(model, "net", None), "cfg", None)
+    check_data(x, y, mask, num_classes=getattr(cfg, "num_classes", None), vocab_size=getattr(cfg, "vocab_size", None),
+               source=source)
+    return x, y, mask
+
+
+def fit_method(guide, model, data, options, svi_options, **common):
+    """Run the registered method ``guide`` (not an SVI guide) with its ``options``, the SVI ones it accepts, and
+    the ``common`` ones every method takes; an option it has no parameter for is a one-line FitError."""
+    fitter = METHODS[guide]
+    accepted = inspect.signature(fitter).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        unknown = [k for k in options if k not in accepted]
+        if unknown:
+            valid = [k for k in accepted if k not in ("model", "data")]
+            raise FitError(f"method '{guide}' has no option '{unknown[0]}'; valid: {', '.join(valid)}")
+    options = {**options, **{k: v for k, v in svi_options.items() if k in accepted}}  # check_fit refused the rest
+    started = time.perf_counter()
+    posterior = fitter(model, data, **common, **options)
+    posterior.info.setdefault("fit_seconds", time.perf_counter() - started)
+    return posterior
 
 
 VALIDATION_DRAWS = 10  # posterior draws per validation check of early stopping
