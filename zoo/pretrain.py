@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.corpus import check_exclude, corpus
+from .folder_kinds import refuse_other_kind
 from .models.backbone import WEIGHTS, Backbone, BackboneError, write
 from .models.layers import layer_norm
 from .models.transformer import Transformer, TransformerConfig
@@ -179,6 +180,7 @@ def _refuse_existing(out):
     found = [n for n in FILES if (root / n).exists()]
     if root.exists() and not root.is_dir():
         raise BackboneError(f"output '{root}' exists and is not a folder")
+    refuse_other_kind(root, "backbone", BackboneError)
     if found:
         raise BackboneError(f"output folder '{root}' already holds a backbone ({found[0]}); choose another folder "
                             f"(a backbone folder is never overwritten)")

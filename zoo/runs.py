@@ -3,7 +3,7 @@
 ``RunFolder(path, overwrite=False)``, used as a context manager, is one run's output folder:
 
 - It is checked before any work: a path that is a file, a folder that holds a run
-  (any of ``RUN_MARKERS``) without ``overwrite``, a folder that cannot be written
+  (any of ``zoo.folder_kinds.MARKERS["run"]``) without ``overwrite``, a folder that cannot be written
   (tested by writing), or one that another run is writing (``RunLock``) is refused
   with one line naming the folder.
 - It is locked while the run writes: a second run into it is refused; a lock left by
@@ -31,7 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-RUN_MARKERS = ("run.json", "metrics.json", "posterior.pt")
+from .folder_kinds import MARKERS, refuse_other_kind
+
 PACKAGES = ("torch", "pyro-ppl", "arviz", "numpy", "numba")
 LOCK = ".bzoo.lock"
 PROBE = ".bzoo.probe"
@@ -173,6 +174,7 @@ class RunFolder:
             raise RunFolderError("output folder must be a path, got an empty string")
         if self.target.exists() and not self.target.is_dir():
             raise RunFolderError(f"output folder '{self.target}' exists and is not a folder")
+        refuse_other_kind(self.target, "run", RunFolderError)
         self.written, self.kept, self.done = [], set(), False
         missing = [p for p in (self.target, *self.target.parents) if not p.exists()]
         self.created = None  # the topmost folder this run created, removed again if the run fails
@@ -186,7 +188,7 @@ class RunFolder:
         self.lock = RunLock(self.target)
         try:
             self.lock.acquire()
-            found = [m for m in RUN_MARKERS if (self.target / m).exists()]
+            found = [m for m in MARKERS["run"] if (self.target / m).exists()]
             if found and not overwrite:
                 raise RunFolderError(f"output folder '{self.target}' already holds a run ({found[0]}); choose "
                                      f"another folder or pass --overwrite (the run is replaced whole; files that "

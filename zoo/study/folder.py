@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from ..runs import to_plain
-from ..runs import LOCK
+from ..folder_kinds import refuse_other_kind
+from ..runs import LOCK, to_plain
 from .plan import StudyError, slug
 
 MARKER = "study.json"
@@ -107,6 +107,7 @@ class StudyFolder:
         root = Path(path)
         if root.exists() and not root.is_dir():
             raise StudyError(f"--out '{root}' is a file, not a folder")
+        refuse_other_kind(root, "study", StudyError)
         if root.is_dir():  # a study writing here now: refused before any work (``open`` takes the lock for real)
             _locked(root).release()
         marker = root / MARKER
