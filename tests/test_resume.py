@@ -116,3 +116,27 @@ def test_a_checkpoint_of_other_data_is_refused(tmp_path):
 def test_checkpointing_is_for_svi_guides():
     with pytest.raises(FitError, match="ensemble"):
         fit(tiny(), toy(), guide="ensemble", steps=1, progress=False, checkpoint="unused.ckpt")
+
+
+def test_an_overwrite_interrupted_mid_fit_resumes_from_its_checkpoint_on_the_next_overwrite(tmp_path, monkeypatch):
+    """--overwrite writes into a fresh folder beside the run; the checkpoint a killed overwrite left there is what
+    the next --overwrite resumes from (it used to be deleted, and the fit restarted at step 0)."""
+    from zoo import cli
+    out = tmp_path / "run"
+    args = ["fit", "--guide", "mean_field", "--steps", "8", "--checkpoint-every", "2", "--d-model", "8", "--depth",
+            "1", "--heads", "2", "--num-samples", "2", "--out", str(out), "--overwrite"]
+    assert cli.main(args[:-1]) == 0  # the run being replaced
+    elbo_terms, calls = SVI.elbo_terms, [0]
+
+    def counted(*a, **k):
+        calls[0] += 1
+        if calls[0] == 6:
+            raise KeyboardInterrupt
+        return elbo_terms(*a, **k)
+    monkeypatch.setattr(SVI, "elbo_terms", counted)
+    assert cli.main(args) != 0  # interrupted at step 5: its checkpoint holds step 4
+    assert (tmp_path / ".run.bzoo-new" / "checkpoint.pt").is_file()
+    calls[0] = -100  # no interruption this time; count the steps it takes
+    assert cli.main(args) == 0
+    assert calls[0] == -100 + 8 - 4  # resumed at step 4: four steps, not eight
+    assert not (tmp_path / ".run.bzoo-new").exists() and (out / "run.json").is_file()

@@ -156,6 +156,20 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+RESUMABLE = ("checkpoint.pt",)  # what a died --overwrite run's fresh folder passes on to the next: its checkpoint
+
+
+def clear(folder, keep=()):
+    """Remove everything in ``folder`` but the files named in ``keep``."""
+    for p in folder.iterdir():
+        if p.name in keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
 class RunFolder:
     """An output folder for one run: ``with RunFolder("runs/fit1", overwrite=False) as out: ...``.
 
@@ -197,9 +211,9 @@ class RunFolder:
             if found:  # overwrite: a fresh folder beside it, swapped in when the run completes
                 self.root = self.target.parent / f".{self.target.name}.bzoo-new"
                 try:
-                    if self.root.exists():
-                        shutil.rmtree(self.root)  # left by a run that died: we hold the lock, nobody else uses it
-                    self.root.mkdir()
+                    if self.root.exists():  # left by a run that died (we hold the lock): keep what resumes it
+                        clear(self.root, keep=RESUMABLE)
+                    self.root.mkdir(exist_ok=True)
                 except OSError as e:
                     raise RunFolderError(f"cannot create the fresh folder '{self.root}' that replaces the run in "
                                          f"'{self.target}': {e.strerror}") from None
