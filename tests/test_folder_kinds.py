@@ -44,3 +44,23 @@ def test_a_verb_refuses_a_folder_of_another_kind_in_one_line_and_touches_nothing
 def test_kind_of_names_the_marker_and_knows_new_folders(tmp_path):
     assert kind_of(tmp_path / "missing") == (None, None) and kind_of(tmp_path) == (None, None)
     assert kind_of(holding(tmp_path, "backbone")) == ("backbone", "backbone.pt")
+
+
+def test_diagnose_on_a_study_folder_says_it_is_a_study(tmp_path, capsys):
+    root = holding(tmp_path, "study")
+    assert cli.main(["diagnose", str(root)]) != 0
+    err = capsys.readouterr().err
+    assert "holds a study (study.json), not a run" in err and "bzoo fit --out" not in err
+
+
+def test_an_adapter_without_a_backbone_is_refused_before_any_work(tmp_path, capsys):
+    assert cli.main(["fit", "--adapter", "lora:rank=0", "--steps", "1", "--out", str(tmp_path / "r")]) != 0
+    assert "--adapter lora:rank=0 needs --backbone" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_a_single_seed_or_a_wrong_type_is_a_one_line_study_error():
+    from zoo.study.plan import StudyError
+    from zoo.study.run import run_study
+    for seeds, words in ((-1, "'-1' is not a seed"), (object(), "must be a comma-separated string or a list")):
+        with pytest.raises(StudyError, match=words):
+            run_study(seeds=seeds)

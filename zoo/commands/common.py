@@ -42,7 +42,7 @@ def add_model_arguments(parser, many_priors=False):
 def add_adapter_arguments(parser):
     parser.add_argument("--backbone", metavar="DIR", help="fine-tune a frozen backbone from `bzoo pretrain` through "
                                                           "adapters instead of training a transformer from scratch (default: none)")
-    parser.add_argument("--adapter", metavar="SPEC", default="lora",
+    parser.add_argument("--adapter", metavar="SPEC",
                         help="with --backbone: lora[:rank=4,alpha=8,targets=*.attn.[qv]] or full (default lora)")
 
 
@@ -53,7 +53,7 @@ def build_adapter_model(args, dataset, prior=None, bayes=None):
     shape = {k: getattr(args, k) for k in recipes.MODEL if getattr(args, k) != recipes.MODEL[k]}
     if args.patch:
         shape["patch"] = args.patch
-    return LoRAClassifier.for_dataset(dataset, args.backbone, adapter=args.adapter, dropout=args.dropout,
+    return LoRAClassifier.for_dataset(dataset, args.backbone, adapter=args.adapter or "lora", dropout=args.dropout,
                                       bayes=bayes or args.bayes, prior=prior or args.prior or recipes.PRIOR, **shape)
 
 
@@ -78,6 +78,9 @@ def check_run_arguments(args, model=True):
         raise UserError("--out must be a folder path, got ''")
     if getattr(args, "data", None) is not None and not args.data.strip():
         raise UserError("--data must be a file path, got ''")
+    if getattr(args, "adapter", None) is not None and not getattr(args, "backbone", None):
+        raise UserError(f"--adapter {args.adapter} needs --backbone DIR (a folder from `bzoo pretrain`): adapters "
+                        f"fine-tune a pretrained backbone; without one, leave --adapter out to train from scratch")
     if model:
         sizes = {k: getattr(args, k) for k in (*recipes.MODEL, "dropout", "patch") if getattr(args, k) is not None}
         check(sizes, SIZES, ModelError, flag)

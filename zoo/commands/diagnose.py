@@ -79,12 +79,17 @@ def trace_sites(idata, var_names):
 def run(args):
     from core.checks import check, integer
     from zoo.cli import UserError
+    from zoo.folder_kinds import kind_of
     from zoo.runs import RunLock, claim, probe
 
     check({"bins": args.bins}, {"bins": integer(1)}, UserError, lambda name: "--" + name)
     root = Path(args.run_dir)
     if not root.is_dir():
         raise UserError(f"run folder '{root}' does not exist" + (" (it is a file)" if root.exists() else ""))
+    kind, marker = kind_of(root)
+    if kind not in (None, "run"):
+        raise UserError(f"'{root}' holds a {kind} ({marker}), not a run: diagnose a folder written by `bzoo fit`"
+                        + (f" (the study's report is {root / 'results.md'})" if kind == "study" else ""))
     if not (root / "posterior.nc").is_file():
         raise UserError(f"'{root}' has no posterior.nc; write one with `bzoo fit --out {root}`")
     with RunLock(root):  # not while a run is writing it

@@ -29,7 +29,12 @@ class StudyError(ValueError):
 
 
 def parse_list(text, flag):
-    """``"a, b"`` -> ["a", "b"]; refuses an empty list and duplicates, naming ``flag``."""
+    """``"a, b"`` -> ["a", "b"] (one item alone, a number among them, is a list of one); refuses an empty list and
+    duplicates, naming ``flag``."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        text = [text]
+    if not isinstance(text, str) and not hasattr(text, "__iter__"):
+        raise StudyError(f"{flag} must be a comma-separated string or a list, got {type(text).__name__}")
     items = [t.strip() for t in (text.split(",") if isinstance(text, str) else [str(t) for t in text])]
     items = [t for t in items if t]
     if not items:
