@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .elbo import elbo_terms
+from .guides.protocol import is_global_draw, is_kl, local_posterior
 from .sites import is_latent
 
 SPREAD = 0.02  # largest change of a predictive probability over the training inputs that still counts as constant
@@ -141,7 +142,7 @@ def kl_by_site(posterior, x, mask=None):
             return {site: max(sum(parts.values()), 0.0)}, {site: max(sum(counted), 1)}, {}
         site = "all sites (joint guide)"
         return {site: max(sum(parts.values()), 0.0)}, {site: max(sum(numbers.values()), 1)}, {}
-    divergences = [n for n, s in latent.items() if getattr(s["infer"].get("posterior"), "is_kl", True)]
+    divergences = [n for n, s in latent.items() if is_kl(local_posterior(s))]
     return ({n: max(parts.get(n, 0.0), 0.0) for n in divergences}, {n: max(numbers[n], 1) for n in divergences},
             attention)
 
@@ -149,7 +150,7 @@ def kl_by_site(posterior, x, mask=None):
 def copies(site, batch):
     """How many times a model site's value repeats one draw: ``batch`` for a global latent expanded over the
     batch (its attached posterior declares ``global_draw``), else 1."""
-    return batch if getattr(site["infer"].get("posterior"), "global_draw", False) else 1
+    return batch if is_global_draw(local_posterior(site)) else 1
 
 
 def row_entropy(w):

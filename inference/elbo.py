@@ -14,6 +14,7 @@ import torch
 from pyro import poutine
 from torch.distributions import Independent, kl_divergence
 
+from .guides.protocol import local_posterior, remedy_of
 from .sites import is_latent, is_sampled, with_local_sites
 
 
@@ -75,11 +76,11 @@ def elbo_terms(model, guide, *args, num_particles=1, **kwargs):
         if site["is_observed"]:
             loglik = loglik + site["scale"] * site["fn"].log_prob(site["value"]).sum()
             continue
-        if "posterior" in site["infer"]:  # drawn from its amortized posterior in the model's pass: closed-form KL
-            add(name, site["scale"] * kl_divergence(site["infer"]["posterior"], site["fn"]).sum())
-            if "remedy" in site["infer"]:
-                remedied[name] = site["scale"] * remedied_kl(site["infer"]["posterior"], site["fn"],
-                                                             site["infer"]["remedy"]).sum()
+        posterior = local_posterior(site)
+        if posterior is not None:  # drawn from its amortized posterior in the model's pass: closed-form KL
+            add(name, site["scale"] * kl_divergence(posterior, site["fn"]).sum())
+            if remedy_of(site) is not None:
+                remedied[name] = site["scale"] * remedied_kl(posterior, site["fn"], remedy_of(site)).sum()
             continue
         q = guide_trace.nodes[name]
         closed = _closed_form_kl(q["fn"], site["fn"])

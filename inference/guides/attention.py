@@ -28,6 +28,7 @@ from pyro.poutine.messenger import Messenger
 
 from priors import MaskedDirichlet, MaskedWeibull
 
+from .protocol import attach
 from .weight import _key, global_sites, weight_guide
 
 
@@ -47,9 +48,7 @@ class LocalPosterior(Messenger):
             return
         q = self.guide.posterior(msg["name"], context).expand(msg["fn"].batch_shape)
         msg["value"] = q.mean if self.mean else q.rsample()
-        msg["infer"]["posterior"] = q
-        if self.guide.remedy is not None:
-            msg["infer"]["remedy"] = self.guide.remedy
+        attach(msg, q, self.guide.remedy)
 
 
 class AttentionGuide(nn.Module):
