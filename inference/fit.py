@@ -300,6 +300,30 @@ def diagnose(model, guide, x, y, mask, n, num_particles):
         return first_nonfinite_site(elbo_terms(model, guide, x, y, mask, n, num_particles=num_particles))
 
 
+def step_terms(model, guide, batch, n, num_particles, step, stop):
+    """The ELBO's terms on one minibatch; a distribution refusing non-finite parameters, or a pass finding its own
+    numbers unusable (a kernel matrix's Cholesky), becomes ``stop(message)`` naming the step and the site."""
+    try:
+        return elbo_terms(model, guide, *batch, n, num_particles=num_particles)
+    except ValueError as e:
+        if "invalid values" not in str(e):
+            raise
+        raise stop(f"a distribution got non-finite parameters at step {step}; first non-finite site: "
+                   f"'{diagnose(model, guide, *batch, n, num_particles)}'; parameters are kept from "
+                   f"before step {step}") from None
+    except FloatingPointError as e:
+        raise stop(f"{e} at step {step}; parameters are kept from before step {step}") from None
+
+
+def nonfinite_gradient(params):
+    """The name of the first parameter whose gradient is not finite, or None (one norm over all of them first)."""
+    grads = [p.grad for p in params.values() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads or [torch.zeros(())]]))
+    if torch.isfinite(norm):
+        return None
+    return next(k for k, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all())
+
+
 def svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_anneal, temperature, clip_norm,
         seed, progress, name, checkpoint=None, monitor=None, stop_at=None):
     """Minimize the negative ELBO with Adam; stops with the step and site if anything turns non-finite.
@@ -331,26 +355,15 @@ def svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_annea
     model.train()
     for step, idx in enumerate(bar, start):
         xb, yb, mb = (x, y, mask) if idx is None else (x[idx], y[idx], None if mask is None else mask[idx])
-        try:
-            terms = elbo_terms(model, guide, xb, yb, mb, n, num_particles=num_particles)
-        except ValueError as e:  # a validated distribution refused non-finite parameters
-            if "invalid values" not in str(e):
-                raise
-            raise stop(f"a distribution got non-finite parameters at step {step}; first non-finite site: "
-                       f"'{diagnose(model, guide, xb, yb, mb, n, num_particles)}'; parameters are kept from "
-                       f"before step {step}") from None
-        except FloatingPointError as e:  # the pass found its own numbers unusable (a kernel matrix's Cholesky)
-            raise stop(f"{e} at step {step}; parameters are kept from before step {step}") from None
+        terms = step_terms(model, guide, (xb, yb, mb), n, num_particles, step, stop)
         loss = terms.loss(temperature, kl_weight(step, kl_anneal))
         if not torch.isfinite(loss):
             raise stop(f"loss is {loss.item()} at step {step}; first non-finite site: "
                        f"'{first_nonfinite_site(terms)}'; parameters are kept from before step {step}")
         optim.zero_grad(set_to_none=True)
         loss.backward()
-        grads = [p.grad for p in params.values() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads or [torch.zeros(())]]))
-        if not torch.isfinite(norm):  # checked before clipping, which would spread a NaN to every gradient
-            bad = next(k for k, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all())
+        bad = nonfinite_gradient(params)  # checked before clipping, which would spread a NaN to every gradient
+        if bad is not None:
             raise stop(f"gradient of '{bad.replace('__', '.')}' is not finite at step {step}; "
                        f"parameters are kept from before step {step} (try clip_norm or a lower lr)")
         if clip_norm is not None:
