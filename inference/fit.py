@@ -32,7 +32,8 @@ def register_method(name):
 
 
 def method_names():
-    return sorted([*GUIDES, *METHODS])
+    """Every name ``fit`` takes, once (blob and ivon are both a guide, to load their posteriors, and a method)."""
+    return sorted({*GUIDES, *METHODS})
 
 
 def canonical(guide):

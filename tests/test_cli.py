@@ -94,3 +94,9 @@ def test_a_guide_name_takes_either_spelling_and_a_typo_gets_the_near_match():
     check_fit("sgpa_decoupled")  # accepted, no error
     with pytest.raises(FitError, match="did you mean 'mean_field'"):
         check_fit("mean_feild")
+
+
+def test_every_guide_and_method_name_is_listed_once():
+    from inference.fit import method_names
+    names = method_names()
+    assert len(names) == len(set(names)) and {"blob", "ivon", "fsp-laplace", "cgpt"} <= set(names)
