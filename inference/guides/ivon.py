@@ -131,6 +131,33 @@ def negative_loglik(model, theta, x, y, mask, n, draws):
                 if site["type"] == "sample" and site["is_observed"] and name not in values)
 
 
+def draws_and_gradients(model, state, batch, n, mc_samples, step):
+    """``mc_samples`` weight draws from q, and each draw's gradient of the mean negative log-likelihood (point
+    parameters' gradients accumulate for their optimizer): (noise, gradients, summed NLL); NonFiniteError naming
+    the step (and the site) where either is not finite."""
+    scales = state.scales()
+    eps = {k: torch.randn(mc_samples, *m.shape, device=m.device, dtype=m.dtype) for k, m in state.m.items()}
+    theta = {k: (state.m[k] + scales[k] * eps[k]).requires_grad_() for k in state.m}
+    nll = negative_loglik(model, theta, *batch, n, mc_samples)
+    if not torch.isfinite(nll):
+        raise NonFiniteError(f"the negative log-likelihood is {nll.item()} at step {step} (try a lower lr or a "
+                             f"higher hess_init)")
+    (nll / (n * mc_samples)).backward()  # each draw's gradient of the mean loss, over mc_samples
+    grads = {k: v.grad * mc_samples for k, v in theta.items()}
+    bad = next((k for k, grad in grads.items() if not torch.isfinite(grad).all()), None)
+    if bad is not None:
+        raise NonFiniteError(f"gradient of '{bad}' is not finite at step {step} (try a lower lr)")
+    return eps, grads, nll
+
+
+@torch.no_grad()
+def write_into(guide, state):
+    """IVON's means and scales into the ``MeanField`` guide that the Posterior holds."""
+    for k, scale in state.scales().items():
+        guide.loc[_key(k)].copy_(state.m[k])
+        guide.rho[_key(k)].copy_(inverse_softplus((scale - MIN_SCALE).clamp_min(1e-12)))
+
+
 def cosine(lr, step, steps):
     """The SVI guides' schedule: lr at step 0, cosine-decayed to lr / 10 over ``steps`` (CosineAnnealingLR's form)."""
     return lr / 10 + (lr - lr / 10) * (1 + math.cos(math.pi * step / max(steps, 1))) / 2
@@ -176,20 +203,9 @@ def fit_ivon(model, data, *, steps=1000, lr=0.1, batch_size=None, temperature=1.
     for step, idx in enumerate(bar):
         xb, yb, mb = (x, y, mask) if idx is None else (x[idx], y[idx], None if mask is None else mask[idx])
         state.weight = kl_weight(step, kl_anneal)
-        scales = state.scales()
-        eps = {k: torch.randn(mc_samples, *m.shape, device=m.device, dtype=m.dtype) for k, m in state.m.items()}
-        theta = {k: (state.m[k] + scales[k] * eps[k]).requires_grad_() for k in state.m}
-        nll = negative_loglik(model, theta, xb, yb, mb, n, mc_samples)
-        if not torch.isfinite(nll):
-            raise NonFiniteError(f"the negative log-likelihood is {nll.item()} at step {step} (try a lower lr or a "
-                                 f"higher hess_init)")
         if adam:
             adam.zero_grad(set_to_none=True)
-        (nll / (n * mc_samples)).backward()  # each draw's gradient of the mean loss, over mc_samples
-        grads = {k: v.grad * mc_samples for k, v in theta.items()}
-        bad = next((k for k, grad in grads.items() if not torch.isfinite(grad).all()), None)
-        if bad is not None:
-            raise NonFiniteError(f"gradient of '{bad}' is not finite at step {step} (try a lower lr)")
+        eps, grads, nll = draws_and_gradients(model, state, (xb, yb, mb), n, mc_samples, step)
         with torch.no_grad():  # the negative ELBO per datum
             losses.append((nll.item() / mc_samples / temperature + state.weight * state.kl().item()) / n)
         state.step(eps, grads, cosine(lr, step, steps))
@@ -199,10 +215,7 @@ def fit_ivon(model, data, *, steps=1000, lr=0.1, batch_size=None, temperature=1.
         if step % 25 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
     model.eval()
-    with torch.no_grad():
-        for k, scale in state.scales().items():
-            guide.loc[_key(k)].copy_(state.m[k])
-            guide.rho[_key(k)].copy_(inverse_softplus((scale - MIN_SCALE).clamp_min(1e-12)))
+    write_into(guide, state)
     info = {"losses": losses, "steps": steps, "temperature": temperature, "seed": seed, "guide_options": {},
             "ivon": {"lr": lr, "kl_anneal": kl_anneal, **settings, "ess": ess},
             "fit_seconds": time.perf_counter() - started}
