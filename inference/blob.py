@@ -4,6 +4,7 @@ optimizer for the KL (docs/lora.md, "BLoB as its paper has it"). The guide itsel
 """
 import math
 import time
+from contextlib import nullcontext
 
 import torch
 from torch.distributions import Normal, kl_divergence
@@ -59,6 +60,17 @@ def step_with(steps):
         optim.step()
 
 
+def check_options(kl_weighting, kl_lr, prior_scale, gamma):
+    """One-line FitErrors for fit_blob's own options, before any work."""
+    if kl_weighting not in KL_WEIGHTINGS:
+        raise FitError(f"blob: unknown kl_weighting '{kl_weighting}'; valid: {', '.join(KL_WEIGHTINGS)}")
+    for name, value in (("kl_lr", kl_lr), ("prior_scale", prior_scale), ("gamma", gamma)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise FitError(f"blob: {name} must be a positive number, got {value!r}")
+    if gamma is None:
+        raise FitError("blob: gamma must be a positive number, got None")
+
+
 @register_method("blob")
 def fit_blob(model, data, *, steps=2000, lr=1e-2, batch_size=None, temperature=1.0, seed=0, progress=True,
              flipout=True, kl_weighting="elbo", kl_lr=None, gamma=8.0, prior_scale=0.2, init_eps=0.05):
@@ -72,13 +84,7 @@ def fit_blob(model, data, *, steps=2000, lr=1e-2, batch_size=None, temperature=1
     the reference's linear warm-up and decay. ``prior_scale``: A's prior ``N(0, prior_scale^2)`` (BLoB's 0.2;
     None keeps the model's prior); every other site keeps the model's prior as a penalty.
     """
-    if kl_weighting not in KL_WEIGHTINGS:
-        raise FitError(f"blob: unknown kl_weighting '{kl_weighting}'; valid: {', '.join(KL_WEIGHTINGS)}")
-    for name, value in (("kl_lr", kl_lr), ("prior_scale", prior_scale), ("gamma", gamma)):
-        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise FitError(f"blob: {name} must be a positive number, got {value!r}")
-    if gamma is None:
-        raise FitError("blob: gamma must be a positive number, got None")
+    check_options(kl_weighting, kl_lr, prior_scale, gamma)
     x, y, mask = data
     n = x.shape[0]
     try:
@@ -102,10 +108,7 @@ def fit_blob(model, data, *, steps=2000, lr=1e-2, batch_size=None, temperature=1
     for step, idx in enumerate(bar):
         xb, yb, mb = (x, y, mask) if idx is None else (x[idx], y[idx], None if mask is None else mask[idx])
         scale = n * reweighting(step, cycle) if kl_weighting == "blob" else 1.0  # the KL's weight against the sum NLL
-        if flipout:
-            with flipout_context(model.net, guide.means(), xb.shape[0]):
-                terms = elbo_terms(model, guide, xb, yb, mb, n)
-        else:
+        with flipout_context(model.net, guide.means(), xb.shape[0]) if flipout else nullcontext():
             terms = elbo_terms(model, guide, xb, yb, mb, n)
         kl = blob_kl(guide, terms, prior_scale)
         loss = -terms.loglik / temperature + scale * kl  # as the SVI loop's: with weight 1 / N, the same fit
