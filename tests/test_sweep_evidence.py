@@ -4,7 +4,7 @@ import shutil
 from pathlib import Path
 
 from zoo.study.folder import StudyFolder
-from zoo.study.pages import status_block
+from zoo.study.pages import claims_block, paired_wins, status_block
 from zoo.study.run import plan_of_folder, read_cells
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,5 +36,17 @@ def test_docs_sweep_page_is_the_report_of_the_committed_cells(tmp_path):
     report_finished(plan_of_folder(copy), copy)
     assert (copy / "results.md").read_text() == (ROOT / "docs" / "sweep.md").read_text(), \
         "docs/sweep.md is stale: run `make sweep-report`"
-    block = status_block(json.loads((copy / "results.json").read_text()))
-    assert block in (ROOT / "docs" / "results.md").read_text(), "docs/results.md's status is stale"
+    results = json.loads((copy / "results.json").read_text())
+    page = (ROOT / "docs" / "results.md").read_text()
+    assert status_block(results) in page, "docs/results.md's status is stale"
+    assert claims_block(results) in page, "docs/results.md's claims are stale"
+
+
+def test_a_claim_counts_paired_cells_only():
+    """A row's wins are counted on the (dataset, seed) cells that it and its baseline both finished."""
+    cells = [{"dataset": d, "seed": s, "method": m, "nll": v} for d, s, m, v in [
+        ("a", 0, "map", 0.5), ("a", 0, "ivon", 0.4), ("a", 1, "map", 0.5), ("a", 1, "ivon", 0.6),
+        ("b", 0, "ivon", 0.1), ("b", 0, "map", None), ("c", 0, "map", 0.3)]]
+    assert paired_wins(cells, "ivon", "map") == (1, 2)
+    assert "ivon against map: lower NLL in 1 of 2 cells" in claims_block({"cells": cells})
+    assert "cgpt attention against map: no cells yet" in claims_block({"cells": cells})
