@@ -90,6 +90,7 @@ def test_baselines_reject_bad_sizes():
 
 
 @pytest.mark.slow
+@pytest.mark.correctness
 def test_the_map_recipe_escapes_the_all_zero_network_where_a_full_strength_prior_falls_into_it():
     """The cells where MAP collapsed to a constant predictive without the prior's warm-up (recipes.MAP_TRAINING):
     with it, each fit depends on its input, and on ItalyPowerDemand seed 1 it ends at a lower MAP objective than

@@ -96,6 +96,7 @@ def test_prior_check_command(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.correctness
 def test_prior_check_on_the_default_model_separates_isotropic_and_fan_in_priors(tmp_path):
     """ItalyPowerDemand, d_model 32, depth 2, 200 draws: measured logit scale 4.41 vs 0.76 and
     degenerate share 0.73 vs 0.935 (binomial sd about 0.03 and 0.02)."""

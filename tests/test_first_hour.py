@@ -486,6 +486,7 @@ def test_a_constant_predictive_is_named():
 
 
 @pytest.mark.slow
+@pytest.mark.correctness
 def test_mean_field_at_temperature_one_on_italy_power_demand_is_degenerate_and_map_is_not(tmp_path, capsys):
     """The real case, with the documented defaults (minutes): mean-field collapses to its prior, MAP fits."""
     for guide in ("mean_field", "map"):

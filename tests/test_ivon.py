@@ -201,6 +201,7 @@ def test_importing_inference_registers_the_method():
 
 
 @pytest.mark.slow
+@pytest.mark.correctness
 def test_it_fits_italy_power_demand_at_temperature_one():
     """A third of the recipe's steps (104 s on a loaded 2-core machine: accuracy 0.951, NLL 0.161); a collapse to
     the constant predictive, which a fit without the warm-up met at seed 1, scores 0.50 and 0.69."""

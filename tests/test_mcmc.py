@@ -104,6 +104,7 @@ def test_nuts_rejects_bad_options(option):
 
 
 @pytest.mark.slow
+@pytest.mark.correctness
 def test_tempered_nuts_matches_the_tempered_conjugate_posterior():
     """T = 0.25 sharpens the likelihood: the posterior is the conjugate one with noise variance T * sigma^2."""
     x, y = regression()

@@ -74,6 +74,7 @@ def test_mean_field_recovers_the_conjugate_posterior():
 
 
 @pytest.mark.slow
+@pytest.mark.correctness
 def test_low_rank_recovers_the_full_conjugate_covariance():
     draws, (mean, cov) = _posterior_draws("low_rank", rank=3)
     sd = cov.diag().sqrt()
