@@ -164,13 +164,20 @@ def _decoupled_head_kl(q, h):
                               q.inducing_covariance[one], q.inducing_values[one], q.scale_tril[one], "site").kl()
 
 
-def test_kep_kl_is_the_dense_kl_to_the_singular_value_prior():
+def random_kep():
+    """A float64 KEP-SVGP model on the padded batch, its guide drawn N(0, 0.3^2): (x, mask, model, guide)."""
     x, mask, _ = padded_batch()
     model = tiny_model("kep-svgp").double()
     guide = tiny_guide(model, "kep-svgp", x.double(), mask).double()
     with torch.no_grad():
         for p in guide.parameters():
             p.normal_(0, 0.3)
+    return x, mask, model, guide
+
+
+def test_kep_kl_is_the_dense_kl_to_the_singular_value_prior():
+    x, mask, model, guide = random_kep()
+    with torch.no_grad():
         trace = poutine.trace(guide.local(model)).get_trace(x.double(), None, mask)
     site = trace.nodes[site_name(0)]
     q, p = site["infer"]["posterior"], site["fn"]
@@ -443,12 +450,7 @@ def test_a_global_latent_counts_its_numbers_and_its_kl_once_per_fit():
     """KEP's u is one draw shared by the batch: the degeneracy check divides its (whole) KL by H r D numbers,
     not by B copies of them, so a fit's KL per attention number does not shrink with the batch."""
     from inference.degeneracy import kl_by_site
-    x, mask, _ = padded_batch()
-    model = tiny_model("kep-svgp").double()
-    guide = tiny_guide(model, "kep-svgp", x.double(), mask).double()
-    with torch.no_grad():
-        for p in guide.parameters():
-            p.normal_(0, 0.3)
+    x, mask, model, guide = random_kep()
     posterior = inference.Posterior(model, "kep-svgp", guide=guide)
     kl, numbers, _ = kl_by_site(posterior, x.double(), mask)
     heads, rank, dims = guide.loc["blocks__0__attn__gp"].shape
