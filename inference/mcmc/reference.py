@@ -14,6 +14,7 @@ runs all chains vectorized through the network's leading sample dimension, and
 ``nuts`` (Pyro's NUTS, ``fit_nuts``), one chain at a time or in worker processes.
 Both start from the same ensemble for the same ``seed``.
 """
+import contextlib
 import multiprocessing
 import time
 
@@ -59,10 +60,12 @@ def fit_reference(model, data, *, steps=500, lr=1e-2, batch_size=None, temperatu
     check_options(data, sampler, num_members, num_chains, warmup, num_samples, thin, step_size, energy_var,
                   integrator, workers, batch_size)
     model.eval()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:  # point parameters are constants to the samplers
-        p.requires_grad_(False)
-    try:
+    options = {"steps": steps, "lr": lr, "temperature": temperature, "seed": seed, "progress": progress,
+               "num_members": num_members, "num_chains": num_chains, "warmup": warmup,
+               "num_samples": num_samples, "thin": thin, "step_size": step_size, "energy_var": energy_var,
+               "integrator": integrator, "precondition": precondition, "workers": workers,
+               "threads": torch.get_num_threads()}
+    with point_parameters_constant(model):
         try:
             density = LogDensity(model, data, temperature)
         except LocalSitesError as e:
@@ -70,28 +73,14 @@ def fit_reference(model, data, *, steps=500, lr=1e-2, batch_size=None, temperatu
         check_memory(model, data, density.dim, sampler, num_chains, num_samples, dense_mass, max_memory)
         if sampler == "mclmc" and density.dim < 2:
             raise FitError("reference: sampler='mclmc' needs at least 2 sampled dimensions; use sampler='nuts'")
-        options = {"steps": steps, "lr": lr, "temperature": temperature, "seed": seed, "progress": progress,
-                   "num_members": num_members, "num_chains": num_chains, "warmup": warmup,
-                   "num_samples": num_samples, "thin": thin, "step_size": step_size, "energy_var": energy_var,
-                   "integrator": integrator, "precondition": precondition, "workers": workers,
-                   "threads": torch.get_num_threads()}
         started = time.perf_counter()
         members = ensemble(model, density, options)
         ensemble_seconds = time.perf_counter() - started
         if sampler == "nuts":
-            per = num_chains // num_members
-            starts = [{n: v[0] for n, v in density.constrain(members[c // per][None]).items()}
-                      for c in range(num_chains)]
-            post = fit_nuts(model, data, steps=steps, lr=lr, temperature=temperature, seed=seed * num_chains,
-                            progress=progress, num_chains=num_chains, warmup=warmup, num_samples=num_samples,
-                            max_tree_depth=max_tree_depth, target_accept=target_accept, dense_mass=dense_mass,
-                            jit_compile=jit_compile, init=starts, workers=workers)
-            draws, info = post.draws, {**post.info, "init": "ensemble"}
+            draws, info = run_nuts(model, data, density, members, options, max_tree_depth=max_tree_depth,
+                                   target_accept=target_accept, dense_mass=dense_mass, jit_compile=jit_compile)
         else:
             draws, info = run_mclmc(model, data, members, options)
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
     info.update({"sampler": sampler, "superchains": num_members, "chains_per_superchain": num_chains // num_members,
                  "draws_per_chain": num_samples, "ensemble_time": ensemble_seconds,
                  "wall_time": time.perf_counter() - started, "seed": seed, "temperature": temperature,
@@ -99,6 +88,31 @@ def fit_reference(model, data, *, steps=500, lr=1e-2, batch_size=None, temperatu
     x, _, mask = data
     return Posterior(model, "reference", draws=draws, info=info, x_proto=x[:2],
                      mask_proto=None if mask is None else mask[:2])
+
+
+@contextlib.contextmanager
+def point_parameters_constant(model):
+    """The model's trainable parameters as constants while the samplers run (they sample the Bayesian sites only)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+def run_nuts(model, data, density, members, options, **nuts):
+    """NUTS chains, ``num_chains / num_members`` started from each ensemble member; (draws, info)."""
+    per = options["num_chains"] // options["num_members"]
+    starts = [{n: v[0] for n, v in density.constrain(members[c // per][None]).items()}
+              for c in range(options["num_chains"])]
+    post = fit_nuts(model, data, steps=options["steps"], lr=options["lr"], temperature=options["temperature"],
+                    seed=options["seed"] * options["num_chains"], progress=options["progress"],
+                    num_chains=options["num_chains"], warmup=options["warmup"], num_samples=options["num_samples"],
+                    init=starts, workers=options["workers"], **nuts)
+    return post.draws, {**post.info, "init": "ensemble"}
 
 
 def check_options(data, sampler, num_members, num_chains, warmup, num_samples, thin, step_size, energy_var,
