@@ -33,28 +33,11 @@ def load_file(path, test_fraction=0.3, seed=0):
         raise DataError(f"{where} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     if not 0 < test_fraction < 1:
         raise DataError(f"test_fraction must be between 0 and 1, got {test_fraction}")
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        x, y, xte, yte = _read_npz(path)
-        lines = None
-    elif suffix == ".csv":
-        x, y, lines = _read_csv(path)
-        xte = yte = None
-    else:
-        raise DataError(f"{where} has extension '{path.suffix}'; use .npz (X, y) or .csv (label, values...)")
+    x, y, xte, yte, lines = _read(path)
     x, y = _check_arrays(path, "X", "y", x, y)
-    with_channels = not lines and x.ndim == 3
     label_place = (lambda i: f"row {lines[i]}") if lines else (lambda i: f"y[{i}]")
     if xte is None:
-        (y,) = _labels(where, [(y, label_place)])
-        n_test = int(round(test_fraction * len(y)))
-        if n_test < 1 or len(y) - n_test < 2:
-            raise DataError(f"{where}: {len(y)} examples are too few to hold out a test set "
-                            f"(need at least 2 for training and 1 for testing)")
-        order = np.random.default_rng(seed).permutation(len(y))
-        rows = order[n_test:], order[:n_test]
-        pick = (lambda a, idx: [a[i] for i in idx]) if isinstance(x, list) else (lambda a, idx: a[idx])
-        x, xte, yte, y = pick(x, rows[0]), pick(x, rows[1]), y[rows[1]], y[rows[0]]
+        x, y, xte, yte, rows = _hold_out(where, x, y, label_place, test_fraction, seed)
         arrays = ("X", "X")
     else:
         xte, yte = _check_arrays(path, "X_test", "y_test", xte, yte)
@@ -66,6 +49,7 @@ def load_file(path, test_fraction=0.3, seed=0):
         rows, arrays = (np.arange(len(y)), np.arange(len(yte))), ("X", "X_test")
     if len(set(y.tolist())) < 2:
         raise DataError(f"{where}: the training labels hold a single class ({y.tolist()[0]!r}); need at least 2")
+    with_channels = not lines and x.ndim == 3
 
     def locate(split, i, t, c):
         """Value [i, t, c] of split 0 (train) or 1 (test), named as the file holds it."""
@@ -75,6 +59,31 @@ def load_file(path, test_fraction=0.3, seed=0):
         return f"{arrays[split]} example {row}, step {t}" + (f", channel {c}" if with_channels else "")
 
     return build(path.stem, x, y, xte, yte, source=where, locate=locate)
+
+
+def _read(path):
+    """(X, y, X_test or None, y_test or None, the CSV line of each row or None) as the file holds them."""
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return (*_read_npz(path), None)
+    if suffix == ".csv":
+        x, y, lines = _read_csv(path)
+        return x, y, None, None, lines
+    raise DataError(f"data file '{path}' has extension '{path.suffix}'; use .npz (X, y) or .csv (label, values...)")
+
+
+def _hold_out(where, x, y, label_place, test_fraction, seed):
+    """A file without a test set: a seeded random ``test_fraction`` of its examples held out; (x, y, x_test, y_test,
+    (the file's rows of train, of test))."""
+    (y,) = _labels(where, [(y, label_place)])
+    n_test = int(round(test_fraction * len(y)))
+    if n_test < 1 or len(y) - n_test < 2:
+        raise DataError(f"{where}: {len(y)} examples are too few to hold out a test set "
+                        f"(need at least 2 for training and 1 for testing)")
+    order = np.random.default_rng(seed).permutation(len(y))
+    rows = order[n_test:], order[:n_test]
+    pick = (lambda a, idx: [a[i] for i in idx]) if isinstance(x, list) else (lambda a, idx: a[idx])
+    return pick(x, rows[0]), y[rows[0]], pick(x, rows[1]), y[rows[1]], rows
 
 
 def _read_npz(path):
