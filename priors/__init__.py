@@ -3,6 +3,7 @@ from .attention import (AttentionPrior, GammaAttention, KeyDirichlet, MaskedDiri
                         SymmetricDirichlet)
 from .base import Prior, PriorError, Site
 from .cgpt import CGPConditional, CGPTPrior, SparseCGPTPrior
+from .context import AttentionRecord, CorrelatedContext, EigenContext, KernelContext, KeyContext
 from .empirical import Empirical
 from .gp import GP
 from .gp_attention import CholeskyError, GPPrior, KEPPrior, SGPAPrior
@@ -15,4 +16,5 @@ __all__ = ["Prior", "PriorError", "Site", "Gaussian", "Laplace", "StudentT",
            "HierarchicalGaussian", "Empirical", "PriorMap", "parse", "register",
            "AttentionPrior", "SymmetricDirichlet", "KeyDirichlet", "GammaAttention", "MaskedDirichlet",
            "MaskedWeibull", "MaskedGamma", "SGPAPrior", "KEPPrior", "GPPrior", "CholeskyError", "GP",
-           "CGPTPrior", "SparseCGPTPrior", "CGPConditional"]
+           "CGPTPrior", "SparseCGPTPrior", "CGPConditional", "KeyContext", "KernelContext", "EigenContext",
+           "CorrelatedContext", "AttentionRecord"]

@@ -372,7 +372,7 @@ class AttentionPrior(Prior):
         """The site's keys, its mask (None: every pair is real) and the full value shape [..., H, T, T]."""
         if site.role != "attention":
             raise PriorError(f"{self.name} is an attention prior; site '{site.name}' is a {site.role} site")
-        keys, mask = site.context["keys"], site.context["mask"]
+        keys, mask = site.context.keys, site.context.mask
         return keys, mask, keys.shape[:-3] + tuple(site.shape)
 
 

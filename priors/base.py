@@ -16,15 +16,15 @@ class Site:
     """What a prior may know about a sample site: never which model it is in.
 
     ``role`` is one of ``weight``, ``bias``, ``embedding``, ``norm`` or
-    ``attention``; ``context`` carries data-dependent inputs (for example the
-    keys of an attention layer) for priors that need them.
+    ``attention``; ``context`` carries data-dependent inputs for priors that need them: an attention
+    layer's record from ``priors.context`` (its keys, mask, kernel hyperparameters), None elsewhere.
     """
 
     name: str
     shape: tuple
     fan_in: int
     role: str = "weight"
-    context: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    context: object = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def numel(self):

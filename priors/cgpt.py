@@ -163,8 +163,8 @@ class CGPTPrior(Prior):
 
     def __call__(self, site):
         c = _context(self, site)
-        return full_conditional(c["queries"], c["keys"], c["shared"], c["values"], c["mask"], c["log_scale_q"],
-                                c["log_scale_k"], site.name)
+        return full_conditional(c.queries, c.keys, c.shared, c.values, c.mask, c.log_scale_q,
+                                c.log_scale_k, site.name)
 
     def spec(self):
         return self.name
@@ -185,8 +185,8 @@ class SparseCGPTPrior(Prior):
 
     def __call__(self, site):
         c = _context(self, site)
-        return sparse_conditional(c["queries"], c["keys"], c["shared"], c["values"], c["mask"], c["log_scale_q"],
-                                  c["log_scale_k"], self.noise, site.name)
+        return sparse_conditional(c.queries, c.keys, c.shared, c.values, c.mask, c.log_scale_q,
+                                  c.log_scale_k, self.noise, site.name)
 
     def spec(self):
         return format_spec(self.name, {"inducing": self.inducing, "noise": self.noise})

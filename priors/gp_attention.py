@@ -235,8 +235,8 @@ class SGPAPrior(Prior):
         if site.role != "attention":
             raise PriorError(f"{self.name} is an attention prior; site '{site.name}' is a {site.role} site")
         c = site.context
-        covariance = restrict(self.matrix(c["keys"], c["keys"], c["log_lengthscale"], c["log_scale"]), c["mask"])
-        return GPPrior(covariance, site.shape[-1], c["mask"], site.name)
+        covariance = restrict(self.matrix(c.keys, c.keys, c.log_lengthscale, c.log_scale), c.mask)
+        return GPPrior(covariance, site.shape[-1], c.mask, site.name)
 
     def spec(self):
         params = {"kernel": self.kernel, **({"lengthscale": self.lengthscale} if self.lengthscale else {}),
@@ -268,7 +268,7 @@ class KEPPrior(Prior):
     def __call__(self, site):
         if site.role != "attention":
             raise PriorError(f"{self.name} is an attention prior; site '{site.name}' is a {site.role} site")
-        singular = site.context["singular_values"]  # [H, r], or drawn [S, H, r]
+        singular = site.context.singular_values  # [H, r], or drawn [S, H, r]
         if singular.dim() == 3:
             singular = singular.unsqueeze(1)  # [S, 1, H, r]: broadcasts over the data plate
         scale = torch.diag_embed(singular.unsqueeze(-2).expand(*singular.shape[:-1], self.rank, self.rank))

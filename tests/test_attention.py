@@ -125,7 +125,7 @@ def test_attention_priors_parse_and_swap_without_model_code():
 def test_key_dirichlet_depends_on_keys_not_queries():
     torch.manual_seed(0)
     keys = torch.randn(1, 2, 5, 4)
-    site = priors.Site("a", (2, 5, 5), 5, "attention", context={"keys": keys, "mask": None})
+    site = priors.Site("a", (2, 5, 5), 5, "attention", context=priors.KeyContext(keys, None))
     alpha = priors.KeyDirichlet()(site).base_dist.concentration
     assert torch.allclose(alpha[..., 0, :], alpha[..., 3, :])  # the same for every query
     assert not torch.allclose(alpha[..., 0, 0], alpha[..., 0, 1])
@@ -229,7 +229,7 @@ def test_bam_posterior_stays_finite_for_extreme_unmasked_logits():
     model = tiny_model("bam")
     guide = inference.GUIDES["bam"](model, x, None, mask)
     logits = (torch.linspace(-400, 0, 7).expand(1, 2, 7, 7)).clone().requires_grad_()
-    q = guide.posterior(site_name(0), {"logits": logits, "mask": None})
+    q = guide.posterior(site_name(0), priors.AttentionRecord("bam", None, logits=logits))
     prior = priors.MaskedGamma(torch.ones(1, 2, 7, 7), torch.ones(1, 2, 7, 7))
     w = q.rsample()
     loss = kl_divergence(q, prior).sum() + (w / w.sum(-1, keepdim=True)).pow(2).sum()

@@ -353,7 +353,7 @@ def test_exponential_kernel_mean_is_softmax_free_kernel_attention():
     with torch.no_grad():
         trace = poutine.trace(guide.local(model, mean=True)).get_trace(x, None, None)
     context = trace.nodes[site_name(0)]["infer"]["attention"]
-    k, v = context["keys"], context["values"]
+    k, v = context.keys, context.values
     expected = ((k @ k.transpose(-1, -2)) / math.sqrt(k.shape[-1])).exp() @ v
     assert torch.allclose(trace.nodes[site_name(0)]["value"], expected, rtol=1e-5)
 

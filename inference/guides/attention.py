@@ -108,9 +108,9 @@ class Dirichlet(AttentionGuide):
         self.floor = float(floor)
 
     def posterior(self, name, context):
-        logits = context["logits"]
+        logits = context.logits
         concentration = self.param(name) * logits.softmax(-1) + self.floor
-        return MaskedDirichlet(concentration, context["mask"]).to_event(2)
+        return MaskedDirichlet(concentration, context.mask).to_event(2)
 
 
 class BAM(AttentionGuide):
@@ -124,7 +124,7 @@ class BAM(AttentionGuide):
     def posterior(self, name, context):
         k = self.param(name)
         # lam * Gamma(1 + 1/k) is the Weibull mean; log-space keeps tiny softmax weights from underflowing to 0.
-        log_mean = context["logits"].log_softmax(-1)
-        if context["mask"] is not None:  # masked keys have logits -inf: keep their (unused) scale finite
+        log_mean = context.logits.log_softmax(-1)
+        if context.mask is not None:  # masked keys have logits -inf: keep their (unused) scale finite
             log_mean = log_mean.clamp_min(-50)
-        return MaskedWeibull(log_mean - torch.lgamma(1 + 1 / k), k, context["mask"])
+        return MaskedWeibull(log_mean - torch.lgamma(1 + 1 / k), k, context.mask)

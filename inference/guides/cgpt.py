@@ -90,7 +90,7 @@ class CGPT(nn.Module):
         return LocalPosterior(self, mean)(model)
 
     def posterior(self, name, context):
-        return CGPRegularized(context["prior"], self.cgp_weight)
+        return CGPRegularized(context.prior, self.cgp_weight)
 
 
 class SparseCGPT(CGPT):

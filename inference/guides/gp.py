@@ -260,8 +260,8 @@ class SGPA(_GPGuide):
 
     def posterior(self, name, context):
         k = _key(name)
-        log_scale = token_mask(self.log_param[k] + context["keys"] @ self.amortize[k], context["mask"])
-        return SGPAPosterior(context["prior"], context["values"], log_scale)
+        log_scale = token_mask(self.log_param[k] + context.keys @ self.amortize[k], context.mask)
+        return SGPAPosterior(context.prior, context.values, log_scale)
 
 
 class DecoupledSGPA(_GPGuide):
@@ -289,10 +289,10 @@ class DecoupledSGPA(_GPGuide):
         self.make_tril({n: (heads, dims, inducing) for n in model.attention_sites})
 
     def posterior(self, name, context):
-        k, kernel = _key(name), context["kernel"]
+        k, kernel = _key(name), context.kernel
         z = self.inducing_inputs[k]
-        cross = token_mask(kernel(context["keys"], z), context["mask"])  # K_qZ, zero rows at padding
-        return DecoupledPosterior(context["prior"], context["values"], cross, kernel(z, z), self.inducing_values[k],
+        cross = token_mask(kernel(context.keys, z), context.mask)  # K_qZ, zero rows at padding
+        return DecoupledPosterior(context.prior, context.values, cross, kernel(z, z), self.inducing_values[k],
                                   self.scale_tril(name), name, share_per_sequence())
 
 
@@ -303,10 +303,10 @@ def prototype_keys(model, x, mask, count):
     out = {}
     for name in model.attention_sites:
         context = trace.nodes[name]["infer"]["attention"]
-        keys = context["keys"].reshape(-1, *context["keys"].shape[-3:])[0]  # [H, T, dh]
+        keys = context.keys.reshape(-1, *context.keys.shape[-3:])[0]  # [H, T, dh]
         real = torch.arange(keys.shape[-2], device=keys.device)
-        if context["mask"] is not None:
-            real = real[context["mask"].reshape(-1, keys.shape[-2])[0]]
+        if context.mask is not None:
+            real = real[context.mask.reshape(-1, keys.shape[-2])[0]]
         picks = torch.linspace(0, len(real) - 1, count, device=keys.device).round().long()
         out[name] = keys[:, real[picks]].clone()
     return out
@@ -328,5 +328,5 @@ class KEPSVGP(_GPGuide):
         self.make_tril({n: (heads, r, r) for n, r in ranks.items()})
 
     def posterior(self, name, context):
-        return KEPPosterior(context["prior"], self.loc[_key(name)], self.scale_tril(name), share_per_sequence(),
-                            context["prior"].batch_shape)
+        return KEPPosterior(context.prior, self.loc[_key(name)], self.scale_tril(name), share_per_sequence(),
+                            context.prior.batch_shape)

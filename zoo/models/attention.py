@@ -17,7 +17,7 @@ import math
 import pyro
 import torch
 
-from priors import Site
+from priors import AttentionRecord, KeyContext, Site
 
 FAMILIES = ("dirichlet", "bam")
 
@@ -44,9 +44,9 @@ class SampledAttention:
         logits = (q / math.sqrt(q.shape[-1])) @ k.transpose(-1, -2)
         if pairs is not None:
             logits = logits.masked_fill(~mask[:, None, None, :], -math.inf)  # masked keys get no mass
-        site = Site(name, tuple(logits.shape[-3:]), k.shape[-2], "attention", context={"keys": k, "mask": pairs})
+        site = Site(name, tuple(logits.shape[-3:]), k.shape[-2], "attention", context=KeyContext(k, pairs))
         w = pyro.sample(name, self.priors[name](site),
-                        infer={"attention": {"family": self.family, "logits": logits, "mask": pairs}})
+                        infer={"attention": AttentionRecord(self.family, pairs, logits=logits)})
         if self.family == "bam":  # normalized after the product: the division runs on [T, dh], not [T, T]
             w = w if pairs is None else w * pairs
             return (w @ v) / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)

@@ -22,7 +22,7 @@ import pyro
 import torch
 import torch.nn as nn
 
-from priors import Site
+from priors import AttentionRecord, CorrelatedContext, Site
 
 from .gp_attention import lead_draws, site_name
 from .layers import linear
@@ -67,10 +67,9 @@ class CGPTAttention:
         x0 = linear(tokens, params[a + "x0.weight"], params[a + "x0.bias"])
         x0 = x0.unflatten(-1, (q.shape[-3], q.shape[-1])).transpose(-2, -3)  # [..., H, T, dh]
         shared = x0 if self.family == "cgpt" else inducing_inputs(x0, lead_draws(params[a + "seeds"], 3), mask)
-        context = {"queries": q, "keys": k, "shared": shared, "values": v, "mask": mask,
-                   "log_scale_q": params[a + "log_scale_q"], "log_scale_k": params[a + "log_scale_k"]}
+        context = CorrelatedContext(q, k, shared, v, mask, params[a + "log_scale_q"], params[a + "log_scale_k"])
         fn = self.priors[name](Site(name, tuple(v.shape[-3:]), k.shape[-2], "attention", context=context))
-        return pyro.sample(name, fn, infer={"attention": {"family": self.family, "prior": fn, "mask": mask}})
+        return pyro.sample(name, fn, infer={"attention": AttentionRecord(self.family, mask, prior=fn)})
 
 
 def inducing_inputs(x0, seeds, mask):

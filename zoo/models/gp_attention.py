@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from priors import Site
+from priors import AttentionRecord, EigenContext, KernelContext, Site
 from priors.gp_attention import token_mask
 
 from .errors import ModelError
@@ -95,11 +95,11 @@ class GPAttention:
         name, prior = site_name(layer), self.priors[site_name(layer)]
         a = f"blocks.{layer}.attn.kernel."
         log_lengthscale, log_scale = params[a + "log_lengthscale"], params[a + "log_scale"]
-        context = {"keys": k, "mask": mask, "log_lengthscale": log_lengthscale, "log_scale": log_scale}
+        context = KernelContext(k, mask, log_lengthscale, log_scale)
         fn = prior(Site(name, tuple(v.shape[-3:]), k.shape[-2], "attention", context=context))
-        return pyro.sample(name, fn, infer={"attention": {
-            "family": self.family, "prior": fn, "keys": k, "values": token_mask(v, mask), "mask": mask,
-            "kernel": lambda x1, x2: prior.matrix(x1, x2, log_lengthscale, log_scale)}})
+        return pyro.sample(name, fn, infer={"attention": AttentionRecord(
+            self.family, mask, prior=fn, keys=k, values=token_mask(v, mask),
+            kernel=lambda x1, x2: prior.matrix(x1, x2, log_lengthscale, log_scale))})
 
     def kernel_eigen_pairs(self, q, k, v, mask, layer, params):
         """KEP-SVGP: scores e(q), r(k) on data-dependent projections, inducing outputs u, f = (e + r) / lambda u^T."""
@@ -112,8 +112,8 @@ class GPAttention:
         singular = params[a + "log_singular"].exp()  # [(S,) H, r]
         lam = lead_draws(singular, 2).unsqueeze(-2)  # [(S, 1,) H, 1, r]
         fn = prior(Site(name, (q.shape[-3], prior.rank, prior.rank), prior.rank, "attention",
-                        context={"singular_values": singular, "mask": mask})).expand(q.shape[:-3])  # [(S,) B]
-        u = pyro.sample(name, fn, infer={"attention": {"family": self.family, "prior": fn, "mask": mask}})
+                        context=EigenContext(singular, mask))).expand(q.shape[:-3])  # [(S,) B]
+        u = pyro.sample(name, fn, infer={"attention": AttentionRecord(self.family, mask, prior=fn)})
         f = token_mask((e + r) / lam @ u.transpose(-1, -2), mask)
         if prior.ksvd:
             pyro.factor(f"blocks.{layer}.attn.ksvd", -prior.ksvd * ksvd_objective(e, r, lam, we, wr, mask).pow(2))
