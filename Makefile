@@ -24,7 +24,7 @@ peers:
 	$(BIN)/python -c "import laplace, torch, importlib.metadata as m; print('laplace-torch', m.version('laplace-torch'), 'beside torch', torch.__version__)"
 
 study: install
-	$(BIN)/bzoo study --overwrite
+	$(BIN)/bzoo study --overwrite --jobs 2
 
 test: install
 	$(BIN)/python -m pytest
@@ -33,7 +33,8 @@ test: install
 # `bzoo study --datasets all --seeds 0,1,2 --sweep --jobs 2 --out results/sweep` (docs/study.md).
 sweep-report: install
 	$(BIN)/bzoo study --report-only --out results/sweep
-	$(BIN)/python -m zoo.study.pages results/sweep docs
+	$(BIN)/bzoo study --report-only --out results/main
+	$(BIN)/python -m zoo.study.pages results/sweep docs results/main
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow

@@ -8,13 +8,12 @@ there (``steps``); the command line passes ``spell`` to name its flags
 (``--steps``), so both say the same thing. Data, devices, seeds and memory have
 checks of their own below, with the same one-line messages.
 """
-import math
-import numbers
 from typing import Callable, NamedTuple
 
 import torch
 
 from .memory import available
+from .schema import is_integer, is_number
 
 
 class DataError(ValueError):
@@ -30,14 +29,6 @@ class CheckError(ValueError):
 class Rule(NamedTuple):
     ok: Callable[[object], bool]
     valid: str  # what is valid, as it reads after "must be"
-
-
-def is_integer(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def integer(minimum=None, maximum=None, optional=False):

@@ -1,5 +1,6 @@
 """``inference.fit``: one entry point for every method, returning a Posterior."""
 import difflib
+import functools
 import inspect
 import itertools
 import re
@@ -9,7 +10,8 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from core.checks import boolean, check, check_data, check_device, check_seed, integer, number
+from core.checks import check_data, check_device
+from zoo.options import FIT_OPTIONS
 from core.tensors import minibatches, model_device, model_dtype, unpack
 from .elbo import NonFiniteError, elbo_terms, first_nonfinite_site
 from .guides import GUIDES
@@ -62,13 +64,11 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
         stop_at=None, **method_options):
     """Fit ``model`` to ``data`` with a guide or method chosen by name, and return a Posterior.
 
-    SVI options: ``steps`` of Adam at ``lr`` (cosine-decayed to lr/10), minibatches of
-    ``batch_size`` (the likelihood is scaled to the full data), ``num_particles``
-    vectorized ELBO particles, ``kl_anneal`` steps of linear KL warm-up,
-    ``temperature`` T on the likelihood (T < 1 is a cold posterior), ``clip_norm``
-    for gradient clipping. ``guide`` may also be a Pyro guide callable, or a method
-    registered with ``register_method`` (for example ``nuts``), which receives the
-    remaining options.
+    SVI options: ``steps`` of Adam at ``lr`` (cosine-decayed to lr/10), minibatches of ``batch_size`` (the
+    likelihood is scaled to the full data), ``num_particles`` vectorized ELBO particles, ``kl_anneal`` steps of
+    linear KL warm-up, ``temperature`` T on the likelihood (T < 1 is a cold posterior), ``clip_norm`` for gradient
+    clipping. ``guide`` may also be a Pyro guide callable, or a method registered with ``register_method`` (for
+    example ``nuts``), which receives the remaining options.
 
     ``checkpoint=PATH`` saves the SVI state every ``checkpoint_every`` steps and, if
     PATH already holds a checkpoint of this same fit, resumes from it: the resumed
@@ -91,9 +91,6 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
     if device is not None:
         model.to(check_device(device, FitError))
     x, y, mask = checked_data(model, data, "fit data")
-    cfg = getattr(getattr(model, "net", None), "cfg", None)
-    if hasattr(getattr(model, "net", None), "check_input"):
-        model.net.check_input(x)  # here, not inside a Pyro trace, which would append its shape table
     pyro.set_rng_seed(seed)
     if isinstance(guide, str) and guide in METHODS:
         svi_options = {"num_particles": num_particles, "kl_anneal": kl_anneal, "clip_norm": clip_norm}
@@ -108,22 +105,11 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
             model, x, y, guide=name, guide_options=dict(guide_options or {}), steps=steps, lr=lr,
             batch_size=batch_size, num_particles=num_particles, kl_anneal=kl_anneal, temperature=temperature,
             clip_norm=clip_norm, seed=seed))
-
-    def posterior(losses, seconds, record=None):
-        extra = {"stopped_at": len(losses)} if stop_at is not None or record else {}
-        return Posterior(model, name, guide=guide, point=(name == "map"),
-                         info={"losses": losses, "steps": steps, "temperature": temperature,
-                               "num_particles": num_particles, "guide_options": dict(guide_options or {}),
-                               "seed": seed, "fit_seconds": seconds, **extra,
-                               **({"validation": record} if record else {})},
-                         x_proto=x[:2], mask_proto=None if mask is None else mask[:2])
-    monitor = None
-    if validation is not None:
-        if getattr(cfg, "num_classes", None) is None:
-            raise FitError("early stopping (validation) scores a classifier's predictive NLL; this model is not a "
-                           "classifier")
-        xv, yv, mv = checked_data(model, validation, "validation data")
-        monitor = Monitor(lambda: validation_nll(posterior([], 0.0), xv, yv, mv, seed), check_every, patience)
+    posterior = functools.partial(svi_posterior, model, name, guide, x, mask, stop_at is not None, {
+        "steps": steps, "temperature": temperature, "num_particles": num_particles,
+        "guide_options": dict(guide_options or {}), "seed": seed})
+    monitor = None if validation is None else validation_monitor(model, validation, lambda: posterior([], 0.0), seed,
+                                                                 check_every, patience)
     try:
         losses, seconds, record = svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_anneal,
                                       temperature, clip_norm, seed, progress, name, checkpoint, monitor, stop_at)
@@ -140,12 +126,34 @@ def fit_fingerprint(model, x, y, **settings):
 
 
 def checked_data(model, data, source):
-    """``data`` as tensors on the model's device and dtype, checked against its classes and vocabulary."""
+    """``data`` as tensors on the model's device and dtype, checked against its classes, vocabulary and input shape."""
     x, y, mask = unpack(data, model_device(model), model_dtype(model), source=source)
     cfg = getattr(getattr(model, "net", None), "cfg", None)
     check_data(x, y, mask, num_classes=getattr(cfg, "num_classes", None), vocab_size=getattr(cfg, "vocab_size", None),
                source=source)
+    if hasattr(getattr(model, "net", None), "check_input"):
+        model.net.check_input(x)  # here, not inside a Pyro trace, which would append its shape table
     return x, y, mask
+
+
+def svi_posterior(model, name, guide, x, mask, stopping, settings, losses, seconds, record=None):
+    """The Posterior of an SVI fit: its guide, and the fit's settings, losses and time in ``info`` (the step it
+    stopped at, with ``stop_at`` or early stopping; the validation record, with early stopping)."""
+    extra = {"stopped_at": len(losses)} if stopping or record else {}
+    return Posterior(model, name, guide=guide, point=(name == "map"),
+                     info={"losses": losses, **settings, "fit_seconds": seconds, **extra,
+                           **({"validation": record} if record else {})},
+                     x_proto=x[:2], mask_proto=None if mask is None else mask[:2])
+
+
+def validation_monitor(model, validation, posterior_now, seed, check_every, patience):
+    """Early stopping's monitor: the predictive NLL on ``validation`` of ``posterior_now()``, every ``check_every``
+    steps."""
+    if getattr(getattr(getattr(model, "net", None), "cfg", None), "num_classes", None) is None:
+        raise FitError("early stopping (validation) scores a classifier's predictive NLL; this model is not a "
+                       "classifier")
+    xv, yv, mv = checked_data(model, validation, "validation data")
+    return Monitor(lambda: validation_nll(posterior_now(), xv, yv, mv, seed), check_every, patience)
 
 
 def fit_method(guide, model, data, options, svi_options, **common):
@@ -207,26 +215,14 @@ class Monitor:
                 "draws": VALIDATION_DRAWS}
 
 
-OPTIONS = {  # what each fit option accepts; the command line checks its flags with the same rules
-    "steps": integer(0),
-    "lr": number(0),
-    "batch_size": integer(1, optional=True),
-    "num_particles": integer(1),
-    "kl_anneal": integer(0),
-    "temperature": number(0),
-    "clip_norm": number(0, optional=True),
-    "checkpoint_every": integer(1),
-    "progress": boolean(),
-    "check_every": integer(1),
-    "patience": integer(1),
-    "stop_at": integer(1, optional=True),
-}
 SVI_ONLY = {"num_particles": 1, "kl_anneal": 0, "clip_norm": None}  # SVI options and their no-op values
 
 
 def check_options(spell=str, **options):
-    """Refuse option values that would fail obscurely (or silently) later, naming the option."""
-    check(options, OPTIONS, FitError, spell)
+    """Refuse option values that would fail obscurely (or silently) later, naming the option: each against its
+    declaration in ``zoo.options.FIT_OPTIONS``, the table ``bzoo fit``'s flags are built from, and the rules between
+    them (``stop_at`` at most ``steps``)."""
+    FIT_OPTIONS.check(options, FitError, spell)
 
 
 def check_fit(guide, spell=str, seed=0, checkpoint=None, early_stopping=False, **options):
@@ -235,8 +231,7 @@ def check_fit(guide, spell=str, seed=0, checkpoint=None, early_stopping=False, *
     ``fit`` calls this first; the command line calls it on its flags (``spell`` names them)
     before it reads data or creates a folder.
     """
-    check_options(spell, **options)
-    check_seed(seed, FitError, spell)
+    check_options(spell, **options, seed=seed)
     guide = canonical(guide)
     if not callable(guide) and not (isinstance(guide, str) and guide in [*GUIDES, *METHODS]):
         raise FitError(f"unknown guide '{guide}'{near(guide)} (valid: {', '.join(method_names())})")
@@ -250,8 +245,6 @@ def check_fit(guide, spell=str, seed=0, checkpoint=None, early_stopping=False, *
     if early_stopping and checkpoint is not None:
         raise FitError(f"early stopping ({spell('validation')}) and checkpoints cannot be combined: a resumed fit "
                        f"would not know its best state")
-    if options.get("stop_at") is not None and options.get("steps") is not None and options["stop_at"] > options["steps"]:
-        raise FitError(f"{spell('stop_at')}={options['stop_at']} is beyond {spell('steps')}={options['steps']}")
     if isinstance(guide, str) and guide in METHODS:
         accepted = inspect.signature(METHODS[guide]).parameters
         for name, idle in SVI_ONLY.items():

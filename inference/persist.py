@@ -30,10 +30,23 @@ from pyro import poutine
 import priors
 from core import __version__
 from core.checks import check_device
+from core.schema import Fields
 from core.signed import FORMAT, FORMAT_VERSION, PosteriorFileError, read, write
+from zoo.options import LOAD
 
 from .guides import GUIDES
 from .sites import in_data_plate
+
+NONE, TENSOR = type(None), torch.Tensor
+POSTERIOR = Fields("posterior", {  # what read_posterior relies on, beyond the format and version core.signed checks
+    "model_class": str, "config": dict, "method": str, "point": bool, "guide_options": dict, "model_state": dict,
+    "guide_state": (dict, NONE), "draws": (dict, NONE), "info": dict, "x_proto": (TENSOR, NONE),
+    "mask_proto": (TENSOR, NONE), "preprocessing": (dict, NONE), "extra": object},
+    entries={"model_state": TENSOR, "guide_state": TENSOR, "draws": TENSOR})
+CHECKPOINT = Fields("checkpoint", {
+    "fingerprint": dict, "step": int, "model": dict, "guide": dict, "optim": dict, "schedule": dict, "rng": dict,
+    "losses": TENSOR}, entries={"model": TENSOR, "guide": TENSOR})
+
 
 def plain(obj, key="info"):
     """A copy made of tensors and plain types only (what weights_only loading accepts), or None."""
@@ -143,8 +156,12 @@ def _as_draws(posterior, num_samples):
 def read_posterior(path, map_location=None):
     """What ``Posterior(**...)`` takes to rebuild the posterior saved at ``path``, on ``map_location`` (default:
     CPU): model, method, guide or draws, point, info and prototypes. Never runs code from the file."""
+    LOAD.check({"path": path, "map_location": map_location}, PosteriorFileError)
     device = check_device(map_location if map_location is not None else "cpu", PosteriorFileError, "map_location")
-    obj = read(path, "posterior", map_location="cpu")
+    obj = POSTERIOR.check(read(path, "posterior", map_location="cpu"), path, PosteriorFileError)
+    if (obj["guide_state"] is None) == (obj["draws"] is None):
+        raise PosteriorFileError(f"posterior file '{path}' must hold either a guide's state or draws, not "
+                                 f"{'both' if obj['draws'] is not None else 'neither'}")
     cls = _model_class(obj["model_class"], path)
     config = dict(obj["config"])
     try:  # files a prior reads (an empirical prior's weights) are found beside the posterior file
@@ -218,7 +235,7 @@ class Checkpoint:
         """Restore the saved state into these objects; returns (steps done, losses, seconds spent so far)."""
         if not self.path.exists():
             return 0, [], 0.0
-        obj = read(self.path, "checkpoint")
+        obj = CHECKPOINT.check(read(self.path, "checkpoint"), self.path, PosteriorFileError)
         for key, value in self.fingerprint.items():
             if obj["fingerprint"].get(key) != value:
                 raise PosteriorFileError(

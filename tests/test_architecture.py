@@ -68,6 +68,15 @@ def test_imports_run_one_way(graph, importer, imported):
     assert imports(graph, importer, imported) == []
 
 
+@pytest.mark.parametrize("leaf", ["zoo.recipes", "zoo.options"])
+def test_the_declarations_import_nothing_but_core_and_each_other(graph, leaf):
+    """``zoo.recipes`` and ``zoo.options`` are read from every layer, so they may build on ``core`` alone."""
+    allowed = ("core", "zoo.recipes", "zoo.options")
+    targets = graph.find_modules_directly_imported_by(leaf)
+    assert "core.schema" in targets or leaf == "zoo.recipes"  # the graph sees this module's imports
+    assert sorted(t for t in targets if t.split(".")[0] in PACKAGES and not t.startswith(allowed)) == []
+
+
 def test_the_check_sees_a_circle_and_an_import_against_the_order():
     """The checks above can fail: a graph with a circle and a backward import is caught by both."""
     graph = grimp.ImportGraph()

@@ -61,6 +61,6 @@ def test_an_adapter_without_a_backbone_is_refused_before_any_work(tmp_path, caps
 def test_a_single_seed_or_a_wrong_type_is_a_one_line_study_error():
     from zoo.study.plan import StudyError
     from zoo.study.run import run_study
-    for seeds, words in ((-1, "'-1' is not a seed"), (object(), "must be a comma-separated string or a list")):
+    for seeds, words in ((-1, "'-1' is not a seed"), (object(), "must be None or a comma-separated string or a list")):
         with pytest.raises(StudyError, match=words):
             run_study(seeds=seeds)

@@ -301,6 +301,13 @@ def test_bad_backbone_folders_are_refused_in_one_line(backbone_dir, tmp_path):
     obj["config"]["input_dim"] = 3
     write(obj, other / "backbone.pt")  # signed again: the architecture check, not the checksum, must refuse it
     cases["another architecture"] = other
+    for field, change in [("sha256", lambda o: o.pop("sha256")), ("config", lambda o: o.__setitem__("config", [1])),
+                          ("state", lambda o: o["state"].__setitem__("head.weight", "not a tensor"))]:
+        broken = _copy(backbone_dir, tmp_path / f"broken-{field}")
+        obj = torch.load(io.BytesIO(read_bytes(broken / "backbone.pt", "backbone")), weights_only=True)
+        change(obj)
+        write(obj, broken / "backbone.pt")  # signed again: only its structure is wrong
+        cases[f"field '{field}'"] = broken
     for match, folder in cases.items():
         with pytest.raises(BackboneError, match=match) as error:
             Backbone.load(folder)

@@ -14,7 +14,7 @@ from zoo.study import cell as cell_module
 from zoo.study import stats
 from zoo.study.footprint import PeakSampler
 from zoo.study.plan import make_plan, thin
-from zoo.study.run import work
+from zoo.study.run import default_out, work
 from zoo.study.select import candidates, choose, validation_split, with_values
 
 TINY = {"d_model": 8, "depth": 1, "heads": 2}
@@ -30,6 +30,7 @@ PEERS = [{"label": "plain", "peer": "plain", "model": TINY, "options": {"steps":
 def tiny_rows(monkeypatch):
     monkeypatch.setattr(recipes, "STUDY", ROWS)
     monkeypatch.setattr(recipes, "STUDY_PEERS", PEERS)
+    monkeypatch.setattr(recipes, "MAIN", [r["label"] for r in [*ROWS, *PEERS]])  # the main job runs them all
 
 
 def bzoo(*argv):
@@ -94,9 +95,21 @@ def test_selection_fits_on_training_less_validation_scores_on_validation_and_ref
     assert seconds >= sum(c["fit_seconds"] for c in selection["candidates"])
 
 
+def test_the_main_job_runs_the_verdicts_rows_at_the_sweep_budget_and_full_runs_every_row_at_its_recipe():
+    main, full = make_plan("ItalyPowerDemand", "0"), make_plan("ItalyPowerDemand", "0", full=True)
+    assert [r["label"] for r in main.rows] == [r["label"] for r in full.rows if r["label"] in recipes.MAIN]
+    assert sorted(r["label"] for r in main.rows) == sorted(recipes.MAIN)  # every main row is offered
+    assert len(full.rows) > len(main.rows) and full.evaluation["steps_scale"] == 1.0
+    assert {k: main.evaluation[k] for k in recipes.MAIN_BUDGET} == recipes.MAIN_BUDGET
+    assert all(len(v) <= recipes.QUICK_GRID for r in main.rows for v in (r.get("select") or {}).values())
+    assert "-full" in default_out(full) and default_out(main) == "runs/study-ItalyPowerDemand-0"
+    with pytest.raises(StudyError, match="--quick and --full are budgets"):
+        make_plan("ItalyPowerDemand", "0", quick=True, full=True)
+
+
 def test_the_sweep_budget_scales_steps_and_warm_ups_thins_grids_and_leaves_the_recipes_alone():
     plan = make_plan("ItalyPowerDemand", "0", "map,mean_field,mc_dropout", sweep=True)
-    full = make_plan("ItalyPowerDemand", "0", "map,mean_field,mc_dropout")
+    full = make_plan("ItalyPowerDemand", "0", "map,mean_field,mc_dropout", full=True)
     assert plan.profile == "sweep" and full.profile == "full" and plan.fingerprint() != full.fingerprint()
     assert {k: plan.evaluation[k] for k in recipes.SWEEP} == recipes.SWEEP
     rows = {r["label"]: r for r in plan.rows}
@@ -363,6 +376,7 @@ def test_a_fit_stuck_on_its_starting_plateau_is_reported_as_degenerate(tmp_path,
     monkeypatch.setattr(recipes, "STUDY", [{"label": "stuck", "guide": "map", "model": TINY,
                                             "options": {"steps": 1, "lr": 1e-9}}, ROWS[0]])
     monkeypatch.setattr(recipes, "STUDY_PEERS", [])
+    monkeypatch.setattr(recipes, "MAIN", ["stuck", ROWS[0]["label"]])
     results, out = run_study(tmp_path / "s", "ItalyPowerDemand", "0", num_samples=2, threads=1, progress=False)
     flags = {c["method"]: c["info"]["degeneracy"] for c in results["cells"]}
     assert flags["stuck"]["degenerate"] and flags["stuck"]["constant_predictive"]

@@ -33,6 +33,7 @@ def test_a_worker_killed_mid_cell_has_its_cell_rescheduled_and_the_study_complet
 
     monkeypatch.setattr(recipes, "STUDY", ROWS)
     monkeypatch.setattr(recipes, "STUDY_PEERS", [])
+    monkeypatch.setattr(recipes, "MAIN", [r["label"] for r in ROWS])
     out = tmp_path / "study"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:

@@ -4,11 +4,12 @@ import shutil
 from pathlib import Path
 
 from zoo.study.folder import StudyFolder
-from zoo.study.pages import claims_block, paired_wins, status_block
+from zoo.study.pages import budget_block, claims_block, paired_wins, status_block
 from zoo.study.run import plan_of_folder, read_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "results" / "sweep"
+MAIN = ROOT / "results" / "main"
 KEPT = {".json", ".npz", ".png", ".md"}  # cells, study.json, detectors, the report and its plots: no posteriors
 MAX_BYTES = 64 << 20
 
@@ -50,3 +51,27 @@ def test_a_claim_counts_paired_cells_only():
     assert paired_wins(cells, "ivon", "map") == (1, 2)
     assert "ivon against map: lower NLL in 1 of 2 cells" in claims_block({"cells": cells})
     assert "cgpt attention against map: no cells yet" in claims_block({"cells": cells})
+
+
+def test_docs_study_page_puts_the_committed_main_job_beside_the_sweep(tmp_path):
+    from zoo.study.run import report_finished
+
+    reports = {}
+    for name, folder in (("main", MAIN), ("sweep", SWEEP)):
+        copy = tmp_path / name
+        shutil.copytree(folder, copy)
+        report_finished(plan_of_folder(copy), copy)
+        reports[name] = json.loads((copy / "results.json").read_text())
+    assert budget_block(reports["main"], reports["sweep"]) in (ROOT / "docs" / "study.md").read_text(), \
+        "docs/study.md's budget block is stale: run `make sweep-report`"
+
+
+def test_the_budget_block_counts_the_pairs_two_budgets_order_alike():
+    def results(nll, scale):
+        return {"study": {"methods": list(nll), "evaluation": {"steps_scale": scale, "samples": 10}},
+                "cells": [{"dataset": "ItalyPowerDemand", "seed": 0, "method": m, "nll": v, "accuracy": 0.9}
+                          for m, v in nll.items()]}
+    main = results({"a": 0.1, "b": 0.2, "c": 0.3}, 0.1)
+    block = budget_block(main, results({"a": 0.1, "b": 0.3, "c": 0.2, "d": 0.0}, 0.25))  # b, c swap; d not in main
+    assert "order 2 of the 3 pairs of rows alike" in block and "| d |" not in block
+    assert "| c | 0.300 | 0.200 | 3 | 2 |" in block

@@ -1,18 +1,20 @@
-"""``bzoo``: the command line. Each subcommand lives in ``zoo/commands/<name>.py``.
+"""``bzoo``: the command line. Each subcommand lives in ``zoo/commands/<name>.py``; its flags are declared in
+``zoo/options.py``.
 
-``COMMANDS`` lists the verbs and their one-line help; the module of a verb
-(``prior-check`` -> ``zoo.commands.prior_check``) defines ``add_arguments(parser)``
-and ``run(args) -> int``. Only the module of the verb given is imported, and command
-modules import the library inside ``run``, so ``bzoo --help`` answers at once. A new
-verb is a line here and a module there.
+``COMMANDS`` lists the verbs and their one-line help; ``zoo.options.VERBS`` gives each verb's schema, from which
+its flags are built and against which the parsed values are checked before the verb runs. The module of a verb
+(``prior-check`` -> ``zoo.commands.prior_check``) defines ``run(args) -> int``. Only the module of the verb given
+is imported, and command modules import the library inside ``run``, so ``bzoo --help`` and ``bzoo VERB --help``
+answer at once, without torch. A new verb is a line here, a schema there and a module.
 
-User errors (``UserError``, the library's ValueError subclasses, files that cannot be
-read or written) print one line and exit 2, a diverged fit (NonFiniteError) exits 1;
-``--debug`` shows the traceback.
+User errors (``UserError``, the library's ValueError subclasses, files that cannot be read or written) print one
+line and exit 2, a diverged fit (NonFiniteError) exits 1; ``--debug`` shows the traceback.
 """
 import argparse
 import importlib
 import sys
+
+from zoo import options
 
 COMMANDS = {
     "study": "compare where uncertainty lives, priors, guides and peers over datasets x seeds (resumable, parallel "
@@ -38,10 +40,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-HELP_VALUES = {  # placeholders in help texts, filled from the library only when help is printed
-    "{where}": lambda: ", ".join(importlib.import_module("zoo.models.classifier").WHERE),
-    "{max_tokens}": lambda: str(importlib.import_module("zoo.models").MAX_TOKENS),
-    "{guides}": lambda: ", ".join(importlib.import_module("inference").method_names()),
+HELP_VALUES = {  # placeholders in help texts (zoo.options mirrors the registries, so help needs no torch)
+    "{where}": lambda: ", ".join(options.WHERE),
+    "{max_tokens}": lambda: str(options.MAX_TOKENS),
+    "{guides}": lambda: ", ".join(options.GUIDE_NAMES),
 }
 
 
@@ -56,8 +58,8 @@ class HelpFormatter(argparse.HelpFormatter):
                 text = text.replace(key, value())
         if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
             return text
-        if action.nargs == 0:
-            return text + (" (default: off)" if action.default is False else " (default: on)")
+        if action.nargs == 0:  # a store_true is off by default, as is a store_false (--no-peers)
+            return text + (" (default: off)" if action.default != action.const else " (default: on)")
         return text + " (default: %(default)s)" if action.default is not None else text
 
 
@@ -75,9 +77,8 @@ def build_parser(verbs=None):
     for verb, about in COMMANDS.items():
         p = sub.add_parser(verb, help=about, description=about, formatter_class=HelpFormatter)
         if verbs is None or verb in verbs:
-            module = command(verb)
-            module.add_arguments(p)
-            p.set_defaults(run=module.run)
+            options.VERBS[verb].add_arguments(p)
+            p.set_defaults(run=command(verb).run)
     return parser
 
 
@@ -86,6 +87,7 @@ def main(argv=None):
     verb = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser([verb] if verb in COMMANDS else []).parse_args(argv)
     try:
+        check(args)
         return args.run(args) or 0
     except KeyboardInterrupt:
         print("bzoo: interrupted", file=sys.stderr)
@@ -106,6 +108,18 @@ def main(argv=None):
         print(f"bzoo {args.command}: error: out of memory (try fewer --num-samples, a smaller model or "
               f"--batch-size)", file=sys.stderr)
         return 1
+
+
+def check(args):
+    """The parsed flags against the verb's schema (ranges, required values, rules across flags), before any work."""
+    schema = options.VERBS[args.command]
+    schema.check({name: getattr(args, name) for name in schema.names()}, UserError, lambda name: spelling(schema, name))
+
+
+def spelling(schema, name):
+    """How the command line names an option: its flag, or an argument's metavar (``RUN_DIR``)."""
+    option = schema[name]
+    return (option.metavar or name.upper()) if option.cli == "positional" else option.spelling
 
 
 def warn(args, message):

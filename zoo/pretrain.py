@@ -32,9 +32,9 @@ from .folder_kinds import refuse_other_kind
 from .models.backbone import WEIGHTS, Backbone, BackboneError, write
 from .models.layers import layer_norm
 from .models.transformer import Transformer, TransformerConfig
+from .options import PRETRAIN, PRETRAIN_DEFAULTS
 
-DEFAULTS = {"d_model": 64, "depth": 4, "heads": 4, "mlp_ratio": 4, "patch": 4, "length": 64, "steps": 6000,
-            "batch_size": 128, "lr": 1e-3, "mask_ratio": 0.4, "min_crop": 16, "max_crop": 512}
+DEFAULTS = PRETRAIN_DEFAULTS  # each option's range: zoo.options.PRETRAIN
 EVAL_WINDOWS = 1024  # a fixed batch the reconstruction error is reported on
 
 
@@ -102,20 +102,7 @@ def pretrain(out, exclude, only=None, seed=0, device=None, progress=True, **opti
     ``mask_ratio``, crop range). ``only`` keeps just the named sources (tests). Returns
     the loaded ``Backbone``.
     """
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise BackboneError(f"unknown pretraining option '{sorted(unknown)[0]}'; valid: {', '.join(DEFAULTS)}")
-    o = {**DEFAULTS, **options}
-    exclude = [e for e in ([exclude] if isinstance(exclude, str) else exclude) if e]  # a name, not its letters
-    if not exclude:
-        raise BackboneError("--exclude names no dataset: a backbone must leave out the dataset it will be tuned on")
-    check_exclude(exclude)
-    for key in ("patch", "length", "steps", "batch_size", "d_model", "depth", "heads"):
-        if not isinstance(o[key], int) or isinstance(o[key], bool) or o[key] < 1:
-            raise BackboneError(f"pretraining option {key} must be an integer >= 1, got {o[key]!r}")
-    if o["length"] % o["patch"]:
-        raise BackboneError(f"length {o['length']} is not a whole number of patches of {o['patch']} steps")
-    _refuse_existing(out)
+    exclude, o = checked_request(out, exclude, seed, device, options)
     started, cpu_started, load_started = time.perf_counter(), time.process_time(), os.getloadavg()
     sources, removed = corpus(exclude, only=only)
     windows = Windows(sources, o["length"], o["min_crop"], o["max_crop"])
@@ -124,6 +111,45 @@ def pretrain(out, exclude, only=None, seed=0, device=None, progress=True, **opti
                             heads=o["heads"], mlp_ratio=o["mlp_ratio"], max_len=o["length"], patch=o["patch"])
     device = torch.device(device or "cpu")
     net = Transformer(cfg).to(device)
+    losses, eval_mse, zero_mse = train(net, windows, o, seed, device, progress)
+    net.cpu()
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    fingerprints = sorted({f for source in sources for f in _fingerprints(source)})
+    extra = {"objective": "masked-patch reconstruction (zeroed patches, MSE on the masked ones)",
+             "pretraining": {**o, "seed": seed, "exclude": exclude, "only": only},
+             "eval_mse": eval_mse, "eval_zero_predictor_mse": zero_mse,
+             "final_loss": float(np.mean(losses[-100:])) if losses else None,
+             "seconds": seconds, "cpu_seconds": cpu_seconds, "threads": torch.get_num_threads(),
+             "load_average_start": load_started[0], "load_average_end": os.getloadavg()[0],
+             "device": str(device), "losses": [float(v) for v in losses[:: max(1, len(losses) // 500)]],
+             "versions": _versions()}
+    data = {"excluded": exclude, "removed": removed, "corpus": "aeon datasets/data",
+            "sources": [s.summary() for s in sources], "fingerprints": fingerprints}
+    root = write(out, net, extra, data)
+    _plot(losses, root / "loss.png")
+    return Backbone.load(root)
+
+
+def checked_request(out, exclude, seed, device, options):
+    """(the excluded names, the options over ``DEFAULTS``), every one checked, and ``out`` free, before any work."""
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise BackboneError(f"unknown pretraining option '{sorted(unknown)[0]}'; valid: {', '.join(DEFAULTS)}")
+    o = {**DEFAULTS, **options}
+    PRETRAIN.check({"exclude": exclude, "out": out, "seed": seed, "device": device, **o}, BackboneError)
+    exclude = [e for e in ([exclude] if isinstance(exclude, str) else exclude) if e]  # a name, not its letters
+    if not exclude:
+        raise BackboneError("--exclude names no dataset: a backbone must leave out the dataset it will be tuned on")
+    check_exclude(exclude)
+    if o["length"] % o["patch"]:
+        raise BackboneError(f"length {o['length']} is not a whole number of patches of {o['patch']} steps")
+    _refuse_existing(out)
+    return exclude, o
+
+
+def train(net, windows, o, seed, device, progress):
+    """AdamW on masked-patch reconstruction (warm-up, then cosine to a tenth); (losses, held-out MSE, the zero
+    predictor's MSE on the same held-out windows)."""
     optim = torch.optim.AdamW(net.parameters(), lr=o["lr"], weight_decay=0.01)
     warmup = max(1, o["steps"] // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / warmup) * (
@@ -151,22 +177,7 @@ def pretrain(out, exclude, only=None, seed=0, device=None, progress=True, **opti
     with torch.no_grad():
         eval_mse = reconstruction_loss(net, eval_x, eval_mask).item()
         zero_mse = eval_x.reshape(EVAL_WINDOWS, tokens, -1).pow(2)[eval_mask].mean().item()
-    net.cpu()
-    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    fingerprints = sorted({f for source in sources for f in _fingerprints(source)})
-    extra = {"objective": "masked-patch reconstruction (zeroed patches, MSE on the masked ones)",
-             "pretraining": {**o, "seed": seed, "exclude": exclude, "only": only},
-             "eval_mse": eval_mse, "eval_zero_predictor_mse": zero_mse,
-             "final_loss": float(np.mean(losses[-100:])) if losses else None,
-             "seconds": seconds, "cpu_seconds": cpu_seconds, "threads": torch.get_num_threads(),
-             "load_average_start": load_started[0], "load_average_end": os.getloadavg()[0],
-             "device": str(device), "losses": [float(v) for v in losses[:: max(1, len(losses) // 500)]],
-             "versions": _versions()}
-    data = {"excluded": exclude, "removed": removed, "corpus": "aeon datasets/data",
-            "sources": [s.summary() for s in sources], "fingerprints": fingerprints}
-    root = write(out, net, extra, data)
-    _plot(losses, root / "loss.png")
-    return Backbone.load(root)
+    return losses, eval_mse, zero_mse
 
 
 def _fingerprints(source):

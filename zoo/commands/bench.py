@@ -2,12 +2,7 @@
 import importlib
 
 BENCHMARKS = {"speed": "benchmarks.speed", "nuts": "benchmarks.nuts", "reference": "benchmarks.reference",
-              "memory": "benchmarks.memory", "lora": "benchmarks.lora"}
-
-
-def add_arguments(parser):
-    parser.add_argument("which", choices=list(BENCHMARKS), help="which benchmark")
-    parser.add_argument("options", nargs="...", help="options passed to the benchmark (see `bzoo bench NAME -h`)")
+              "memory": "benchmarks.memory", "lora": "benchmarks.lora"}  # zoo.options.BENCHMARKS names them
 
 
 def run(args):

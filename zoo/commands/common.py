@@ -1,49 +1,12 @@
-"""Flags shared by the commands that build a model on a dataset (fit, prior-check), and the checks run on them
-before any work: flags first (one line naming the flag), then the data, the model, memory and disk, and only
-then the output folder. The library is imported inside the functions, so ``bzoo --help`` stays fast.
+"""What the commands that build a model on a dataset (fit, prior-check) share, and the checks run before any work:
+the flags first (declared in ``zoo/options.py`` and checked by ``zoo.cli``; the device here), then the data, the
+model, memory and disk, and only then the output folder. The library is imported inside the functions, so
+``bzoo --help`` stays fast.
 """
 import shutil
 from pathlib import Path
 
 from zoo import recipes
-
-
-def flag(name):
-    """``d_model`` -> ``--d-model``: how the command line names an option in its messages."""
-    return "--" + name.replace("_", "-")
-
-
-def add_data_arguments(parser):
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--dataset", default=recipes.DATASET, help="a shipped dataset (see `bzoo datasets`)")
-    group.add_argument("--data", metavar="FILE", help="your own .npz (X [N,T,C] or [N,T], y [N]) or .csv "
-                                                      "(default: none, use --dataset)")
-
-
-def add_model_arguments(parser, many_priors=False):
-    parser.add_argument("--bayes", default="weights",
-                        help="where uncertainty lives: {where}, or comma-separated globs over parameter names")
-    parser.add_argument("--prior", metavar="SPEC", action="append" if many_priors else "store",
-                        help=f"NAME[:key=value,...] or a JSON file of glob -> spec (default {recipes.PRIOR})"
-                        + ("; repeat to compare priors" if many_priors else ""))
-    parser.add_argument("--attention-prior", metavar="SPEC",
-                        help="prior of attention rows with --bayes attention|bam (e.g. dirichlet:concentration=1, "
-                             "key-dirichlet, bam-gamma), or of GP attention with --bayes sgpa|sgpa-decoupled "
-                             "(sgpa:kernel=exponential|ard,lengthscale=L,scale=S) or kep-svgp (kep:rank=R,ksvd=W), or of "
-                             "correlated-GP attention with --bayes cgpt|cgpt-sparse (cgpt-sparse:inducing=M); "
-                             "default: the family's own, DEFAULT_ATTENTION_PRIOR in zoo/models/classifier.py)")
-    for key, value in recipes.MODEL.items():
-        parser.add_argument(flag(key), type=int, default=value, help="model size")
-    parser.add_argument("--dropout", type=float, default=0.0, help="dropout rate, in [0, 1) (MC dropout uses it)")
-    parser.add_argument("--patch", type=int, help="time steps per token (default: the fewest that keep a series "
-                                                  "at most {max_tokens} tokens)")
-
-
-def add_adapter_arguments(parser):
-    parser.add_argument("--backbone", metavar="DIR", help="fine-tune a frozen backbone from `bzoo pretrain` through "
-                                                          "adapters instead of training a transformer from scratch (default: none)")
-    parser.add_argument("--adapter", metavar="SPEC",
-                        help="with --backbone: lora[:rank=4,alpha=8,targets=*.attn.[qv]] or full (default lora)")
 
 
 def build_adapter_model(args, dataset, prior=None, bayes=None):
@@ -57,38 +20,8 @@ def build_adapter_model(args, dataset, prior=None, bayes=None):
                                       bayes=bayes or args.bayes, prior=prior or args.prior or recipes.PRIOR, **shape)
 
 
-def add_run_arguments(parser):
-    parser.add_argument("--seed", type=int, default=0, help="random seed, 0 to 2**32-1")
-    parser.add_argument("--out", metavar="DIR", help="run folder to write, refused if it holds a run "
-                                                     "(default runs/COMMAND-DATASET-...-SEED)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a run already in --out whole (files that are not the run's are kept)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-
-
-def check_run_arguments(args, model=True):
-    """The flags every model-building command has, checked before anything is read or written; the device."""
-    from core.checks import check, check_seed
-    from zoo.cli import UserError
-    from zoo.models import ModelError
-    from zoo.models.transformer import SIZES
-
-    check_seed(args.seed, UserError, flag)
-    if args.out is not None and not args.out.strip():
-        raise UserError("--out must be a folder path, got ''")
-    if getattr(args, "data", None) is not None and not args.data.strip():
-        raise UserError("--data must be a file path, got ''")
-    if getattr(args, "adapter", None) is not None and not getattr(args, "backbone", None):
-        raise UserError(f"--adapter {args.adapter} needs --backbone DIR (a folder from `bzoo pretrain`): adapters "
-                        f"fine-tune a pretrained backbone; without one, leave --adapter out to train from scratch")
-    if model:
-        sizes = {k: getattr(args, k) for k in (*recipes.MODEL, "dropout", "patch") if getattr(args, k) is not None}
-        check(sizes, SIZES, ModelError, flag)
-    return check_device(args.device)
-
-
 def dataset_name(args):
-    return "data" if args.data else args.dataset
+    return "data" if args.data else args.dataset or recipes.DATASET
 
 
 def load_data(args):
@@ -96,11 +29,12 @@ def load_data(args):
 
     if getattr(args, "data", None):
         return data.load_file(args.data)
-    return data.load(args.dataset)
+    return data.load(args.dataset or recipes.DATASET)
 
 
 def check_device(name):
-    """``--device NAME`` as a torch.device, refused in one line if this machine lacks it."""
+    """``--device NAME`` as a torch.device, refused in one line if this machine lacks it (the one flag the schema,
+    which needs no torch, cannot check)."""
     from core.checks import check_device as check
     from zoo.cli import UserError
 

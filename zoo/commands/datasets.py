@@ -1,10 +1,6 @@
 """bzoo datasets: list the datasets that ship inside installed packages, with their sizes and shapes."""
 
 
-def add_arguments(parser):
-    pass
-
-
 def run(args):
     from zoo import data
 

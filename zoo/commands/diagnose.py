@@ -12,13 +12,6 @@ from pathlib import Path
 RHAT_OK = 1.01
 
 
-def add_arguments(parser):
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder holding posterior.nc (from bzoo fit)")
-    parser.add_argument("--var-names", action="append", metavar="GLOB",
-                        help="posterior sites for the trace plot (repeatable; default: up to 3 of the smallest)")
-    parser.add_argument("--bins", type=int, default=15, help="confidence bins for ECE and reliability, at least 1")
-
-
 def convergence(idata):
     """R-hat and ESS over chains: function space (predictive probabilities) and weight space."""
     import arviz as az
@@ -77,12 +70,10 @@ def trace_sites(idata, var_names):
 
 
 def run(args):
-    from core.checks import check, integer
     from zoo.cli import UserError
     from zoo.folder_kinds import kind_of
     from zoo.runs import RunLock, claim, probe
 
-    check({"bins": args.bins}, {"bins": integer(1)}, UserError, lambda name: "--" + name)
     root = Path(args.run_dir)
     if not root.is_dir():
         raise UserError(f"run folder '{root}' does not exist" + (" (it is a file)" if root.exists() else ""))
@@ -99,79 +90,29 @@ def run(args):
 
 
 def diagnose(args, root):
-    from fnmatch import fnmatchcase
-
     import matplotlib
 
     matplotlib.use("Agg")
-    import numpy as np
-    import torch
-
-    from inference import arviz_io, plots
-    from inference.compare import metrics, predictions, stacked
-    from zoo.cli import UserError
+    from inference import plots
     from zoo.runs import to_plain
 
-    try:
-        idata = arviz_io.read(root / "posterior.nc")
-    except (OSError, ValueError) as e:
-        raise UserError(f"'{root / 'posterior.nc'}' cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    ll = arviz_io.group(idata, "log_likelihood")
-    if ll is None or "y" not in ll:
-        raise UserError(f"'{root / 'posterior.nc'}' has no log_likelihood group; is it a posterior written by bzoo fit?")
-    if args.var_names:
-        names = list(arviz_io.group(idata, "posterior").data_vars)
-        missing = [g for g in args.var_names if not any(fnmatchcase(n, g) for n in names)]
-        if missing:
-            raise UserError(f"--var-names '{missing[0]}' matches no posterior site; sites are: {', '.join(names)}")
+    idata, ll, post = read_run(root, args.var_names)
     out = root / "diagnose"
     out.mkdir(exist_ok=True)
     chains, draws = ll.sizes["chain"], ll.sizes["draw"]
-    post = arviz_io.group(idata, "posterior")
     method = ll.attrs.get("method", "?")
     report = {"method": method, "chains": chains, "draws": draws}
     print(f"{root}: method {method}, {chains} chain(s) x {draws} draw(s), "
           f"{len(post.data_vars) - 1} posterior site(s) stored")
-
     if chains > 1:
-        conv = convergence(idata)
-        plots.rhat_histogram(conv.pop("function_rhat"), out / "rhat.png")
-        report["convergence"] = conv
-        flag = "ok" if conv["function_rhat_max"] <= RHAT_OK else "NOT CONVERGED"
-        print(f"R-hat (function space, predictive probs): max {conv['function_rhat_max']:.3f}, "
-              f"{conv['function_rhat_share_above']:.0%} above {RHAT_OK} [{flag}]; "
-              f"min bulk ESS {conv['function_ess_bulk_min']:.0f}")
-        print(f"R-hat of the total log-likelihood: {conv['loglik_rhat']:.3f}")
-        if "weight_rhat_max" in conv:
-            print(f"R-hat (weight space, max over sites): {conv['weight_rhat_max']:.3f} "
-                  "(large values are expected under permutation symmetry)")
-        if "divergences" in conv:
-            print(f"divergent transitions: {conv['divergences']}")
+        report["convergence"] = report_convergence(idata, out)
     else:
         print("R-hat/ESS: one chain (SVI or single-chain MCMC), nothing to compare across chains")
-
     if chains * draws > 1:
-        result, report["loo"] = loo(idata, str(root))
-        r = report["loo"]
-        print(f"PSIS-LOO: elpd_loo {r['elpd_loo']:.2f} (se {r['se']:.2f}), p_loo {r['p_loo']:.2f}; "
-              f"Pareto k max {r['pareto_k_max']:.2f}, > {r['pareto_k_threshold']:.2f} for {r['pareto_k_bad']}, "
-              f"> 0.7 for {r['pareto_k_above_0.7']}, > 1 for {r['pareto_k_above_1']} of {r['num_points']} points"
-              + (" [WARNING: LOO unreliable for those points]" if r["pareto_k_bad"] else " [ok]"))
-        plots.pareto_k(result, out / "pareto_k.png")
+        report["loo"] = report_loo(idata, root, out)
     else:
         print("PSIS-LOO: a point estimate has one draw; LOO needs posterior draws")
-
-    probs, y, split = predictions(idata)
-    report["calibration"] = metrics(idata, args.bins)
-    shown = ("accuracy", "nll", "ece", "aece", "brier", "entropy", "mi", "ood_auroc")
-    print(f"calibration ({split}, {len(y)} points): "
-          + "  ".join(f"{k} {report['calibration'][k]:.4f}" for k in shown if k in report["calibration"]))
-    curves = {split: (probs, y)}
-    if split == "test":
-        pp, obs = arviz_io.group(idata, "posterior_predictive"), arviz_io.group(idata, "observed_data")
-        curves["train"] = (stacked(pp, "probs"), torch.as_tensor(obs["y"].values))
-    plots.reliability_diagram(curves, out / "reliability.png", args.bins, title=f"Reliability ({method})")
-
+    report["calibration"] = report_calibration(idata, out, args.bins, method)
     if post is not None and chains * draws > 1:  # a point estimate has no trace
         names, coords = trace_sites(idata, args.var_names)
         plots.trace(idata, out / "trace.png", names, coords)
@@ -179,3 +120,80 @@ def diagnose(args, root):
     (out / "diagnostics.json").write_text(json.dumps(to_plain(report), indent=2) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+def read_run(root, var_names):
+    """The run's InferenceData, its log-likelihood and posterior groups; a UserError if it is not a fit's, or if a
+    ``--var-names`` pattern matches no site."""
+    from fnmatch import fnmatchcase
+
+    from inference import arviz_io
+    from zoo.cli import UserError
+
+    path = root / "posterior.nc"
+    try:
+        idata = arviz_io.read(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"'{path}' cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    ll = arviz_io.group(idata, "log_likelihood")
+    if ll is None or "y" not in ll:
+        raise UserError(f"'{path}' has no log_likelihood group; is it a posterior written by bzoo fit?")
+    post = arviz_io.group(idata, "posterior")
+    if var_names:
+        names = list(post.data_vars)
+        missing = [g for g in var_names if not any(fnmatchcase(n, g) for n in names)]
+        if missing:
+            raise UserError(f"--var-names '{missing[0]}' matches no posterior site; sites are: {', '.join(names)}")
+    return idata, ll, post
+
+
+def report_convergence(idata, out):
+    """Print R-hat and ESS over chains, plot the R-hat histogram; the numbers for diagnostics.json."""
+    from inference import plots
+
+    conv = convergence(idata)
+    plots.rhat_histogram(conv.pop("function_rhat"), out / "rhat.png")
+    flag = "ok" if conv["function_rhat_max"] <= RHAT_OK else "NOT CONVERGED"
+    print(f"R-hat (function space, predictive probs): max {conv['function_rhat_max']:.3f}, "
+          f"{conv['function_rhat_share_above']:.0%} above {RHAT_OK} [{flag}]; "
+          f"min bulk ESS {conv['function_ess_bulk_min']:.0f}")
+    print(f"R-hat of the total log-likelihood: {conv['loglik_rhat']:.3f}")
+    if "weight_rhat_max" in conv:
+        print(f"R-hat (weight space, max over sites): {conv['weight_rhat_max']:.3f} "
+              "(large values are expected under permutation symmetry)")
+    if "divergences" in conv:
+        print(f"divergent transitions: {conv['divergences']}")
+    return conv
+
+
+def report_loo(idata, root, out):
+    """Print PSIS-LOO with its Pareto k summary, plot the k values; the numbers for diagnostics.json."""
+    from inference import plots
+
+    result, r = loo(idata, str(root))
+    print(f"PSIS-LOO: elpd_loo {r['elpd_loo']:.2f} (se {r['se']:.2f}), p_loo {r['p_loo']:.2f}; "
+          f"Pareto k max {r['pareto_k_max']:.2f}, > {r['pareto_k_threshold']:.2f} for {r['pareto_k_bad']}, "
+          f"> 0.7 for {r['pareto_k_above_0.7']}, > 1 for {r['pareto_k_above_1']} of {r['num_points']} points"
+          + (" [WARNING: LOO unreliable for those points]" if r["pareto_k_bad"] else " [ok]"))
+    plots.pareto_k(result, out / "pareto_k.png")
+    return r
+
+
+def report_calibration(idata, out, bins, method):
+    """Print the predictive's metrics and draw its reliability diagram (with training's beside test's)."""
+    import torch
+
+    from inference import arviz_io, plots
+    from inference.compare import metrics, predictions, stacked
+
+    probs, y, split = predictions(idata)
+    calibration = metrics(idata, bins)
+    shown = ("accuracy", "nll", "ece", "aece", "brier", "entropy", "mi", "ood_auroc")
+    print(f"calibration ({split}, {len(y)} points): "
+          + "  ".join(f"{k} {calibration[k]:.4f}" for k in shown if k in calibration))
+    curves = {split: (probs, y)}
+    if split == "test":
+        pp, obs = arviz_io.group(idata, "posterior_predictive"), arviz_io.group(idata, "observed_data")
+        curves["train"] = (stacked(pp, "probs"), torch.as_tensor(obs["y"].values))
+    plots.reliability_diagram(curves, out / "reliability.png", bins, title=f"Reliability ({method})")
+    return calibration

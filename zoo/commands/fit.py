@@ -7,59 +7,34 @@ diagnose`` reports the same numbers. A degenerate posterior gets a one-line warn
 and a flag in ``metrics.json``. If writing the results fails, the fitted posterior is
 saved elsewhere and the error says where.
 """
+from core.schema import flag
 from zoo import recipes
 
-from .common import (add_adapter_arguments, add_data_arguments, add_model_arguments, add_run_arguments, build_adapter_model, build_model, check_output,
-                     check_run_arguments, dataset_name, flag, load_data, seed_everything, self_contained)
-
-
-def add_arguments(parser):
-    add_data_arguments(parser)
-    add_model_arguments(parser)
-    add_adapter_arguments(parser)
-    parser.add_argument("--guide", default="mean_field", help="one of: {guides}")
-    parser.add_argument("--steps", type=int, help="optimizer steps (default per guide, see zoo/recipes.py)")
-    parser.add_argument("--lr", type=float, help="Adam learning rate (default per guide, see zoo/recipes.py)")
-    parser.add_argument("--batch-size", type=int, help="minibatch size (default: full batch)")
-    parser.add_argument("--num-particles", type=int, help="vectorized ELBO particles (default 1)")
-    parser.add_argument("--temperature", type=float,
-                        help="likelihood temperature T; T < 1 is a cold posterior (default 1)")
-    parser.add_argument("--kl-anneal", type=int, help="steps of linear KL warm-up (default 0)")
-    parser.add_argument("--clip-norm", type=float, help="clip the gradient norm to this value (default: no clipping)")
-    parser.add_argument("--num-samples", type=int,
-                        help=f"predictive draws (default {recipes.NUM_SAMPLES}; a point estimate such as map has one)")
-    parser.add_argument("--option", metavar="KEY=VALUE", action="append", default=[],
-                        help="a guide or method setting, repeatable: e.g. num_chains=4, warmup=200 (nuts), "
-                             "num_members=5 (ensemble), rank=10 (low_rank), init_concentration=100 (dirichlet) "
-                             "(default: none)")
-    parser.add_argument("--checkpoint-every", type=int, metavar="N",
-                        help="save DIR/checkpoint.pt every N steps; rerunning the same command resumes from it "
-                             "(default: no checkpoint)")
-    add_run_arguments(parser)
+from .common import (build_adapter_model, build_model, check_device, check_output, dataset_name, load_data,
+                     seed_everything, self_contained)
 
 
 def run(args):
     from inference import NonFiniteError, fit
-    from inference.fit import OPTIONS, canonical, check_fit
+    from inference.fit import canonical, check_fit
+    from zoo.options import FIT_OPTIONS
     from zoo.cli import UserError, warn
     from zoo.runs import RunFolder
 
-    device = check_run_arguments(args)
+    device = check_device(args.device)  # the flags' values and rules: zoo.options.FIT, checked by zoo.cli
     args.guide = canonical(args.guide)  # laplace-lora and laplace_lora are one name
     options = recipes.fit_options(args.guide, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                                   num_particles=args.num_particles, temperature=args.temperature,
                                   kl_anneal=args.kl_anneal, clip_norm=args.clip_norm)
     checkpoint_every = {} if args.checkpoint_every is None else {"checkpoint_every": args.checkpoint_every}
     check_fit(args.guide, flag, args.seed, checkpoint=args.checkpoint_every,
-              **{k: v for k, v in options.items() if k in OPTIONS}, **checkpoint_every)
+              **{k: v for k, v in options.items() if k in FIT_OPTIONS}, **checkpoint_every)
     options.update(parse_options(args.option, args.guide))
     point = args.guide == "map"
     if point and args.num_samples is not None:
         raise UserError(f"--num-samples {args.num_samples} has no effect with --guide map (a point estimate "
                         f"predicts once)")
     num_samples = args.num_samples if args.num_samples is not None else recipes.NUM_SAMPLES
-    if num_samples < 1:
-        raise UserError(f"--num-samples must be an integer >= 1, got {num_samples}")
     dataset = load_data(args)
     seed_everything(args.seed)
     model = build_adapter_model(args, dataset) if args.backbone else build_model(args, dataset)

@@ -2,23 +2,12 @@
 import json
 from pathlib import Path
 
-import torch
-
-from zoo.pretrain import DEFAULTS, pretrain
-
-
-def add_arguments(parser):
-    parser.add_argument("--exclude", required=True, metavar="DATASET",
-                        help="the dataset(s) to leave out, comma-separated: the ones you will fine-tune on (required)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="backbone folder to write, never overwritten (required)")
-    for key, value in DEFAULTS.items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
-
 
 def run(args):
+    import torch
+
+    from zoo.pretrain import DEFAULTS, pretrain
+
     torch.set_num_threads(args.threads)
     options = {key: getattr(args, key) for key in DEFAULTS}
     backbone = pretrain(args.out, [e.strip() for e in args.exclude.split(",")], seed=args.seed, device=args.device,

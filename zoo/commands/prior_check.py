@@ -1,18 +1,8 @@
 """bzoo prior-check: what functions do one or more priors imply on a dataset, before any fitting?"""
 from zoo import recipes
 
-from .common import (add_data_arguments, add_model_arguments, add_run_arguments, build_model, check_output,
-                     check_run_arguments, dataset_name, flag, load_data, seed_everything, self_contained)
-
-
-def add_arguments(parser):
-    add_data_arguments(parser)
-    add_model_arguments(parser, many_priors=True)
-    parser.add_argument("--num-samples", type=int, default=200, help="functions drawn per prior, at least 2")
-    parser.add_argument("--split", choices=("train", "test"), default="train", help="inputs to evaluate on")
-    parser.add_argument("--sites", action="append", metavar="GLOB",
-                        help="prior sites to store in the .nc (repeatable; default all)")
-    add_run_arguments(parser)
+from .common import (build_model, check_device, check_output, dataset_name, load_data, seed_everything,
+                     self_contained)
 
 
 def run(args):
@@ -22,24 +12,15 @@ def run(args):
 
     matplotlib.use("Agg")
     from inference import arviz_io, plots
-    from core.checks import check, integer
     from inference.prior_predictive import prior_predictive
     from zoo.cli import UserError
     from zoo.runs import RunFolder
 
-    device = check_run_arguments(args)
-    check({"num_samples": args.num_samples}, {"num_samples": integer(2)}, UserError, flag)
+    device = check_device(args.device)  # the flags' values: zoo.options.PRIOR_CHECK, checked by zoo.cli
     specs = args.prior or [recipes.PRIOR]
     dataset = load_data(args)
     split = getattr(dataset, args.split)
-    models = {}
-    for spec in specs:  # every prior is parsed and checked on the model before any draw
-        seed_everything(args.seed)
-        model = build_model(args, dataset, prior=spec)
-        canonical = str(model.config()["prior"])
-        if canonical in {str(m.config()["prior"]) for m in models.values()}:
-            raise UserError(f"--prior '{spec}' is given twice (as {canonical})")
-        models[spec] = model
+    models = prior_models(args, dataset, specs)
     numbers = max(sum(v.numel() for v in m.initial_values().values()) for m in models.values())
     check_output(f"--num-samples {args.num_samples} for {len(specs)} prior(s)", args.num_samples * len(specs),
                  numbers, len(split), dataset.num_classes, len(split), ".", disk=False)
@@ -69,13 +50,34 @@ def run(args):
         out.record({"command": "prior-check", "dataset": dataset.name, "split": args.split, "priors": specs,
                     "model": {k: getattr(args, k) for k in (*recipes.MODEL, "dropout")}, "bayes": args.bayes,
                     "num_samples": args.num_samples, "device": str(device)}, args.seed)
+    print(f"{dataset.name} ({args.split}, {len(split)} inputs), bayes={args.bayes}, {args.num_samples} draws per prior")
+    print_table(report)
+    print(f"wrote {out.target}")
+    return 0
+
+
+def prior_models(args, dataset, specs):
+    """Prior spec -> the model under it, each parsed and checked on the model before any draw; a prior given twice
+    (in any spelling) is refused."""
+    from zoo.cli import UserError
+
+    models = {}
+    for spec in specs:
+        seed_everything(args.seed)
+        model = build_model(args, dataset, prior=spec)
+        canonical = str(model.config()["prior"])
+        if canonical in {str(m.config()["prior"]) for m in models.values()}:
+            raise UserError(f"--prior '{spec}' is given twice (as {canonical})")
+        models[spec] = model
+    return models
+
+
+def print_table(report):
+    """One line per prior: logit scale, share of degenerate functions, predictive (and attention) entropy."""
     keys = ["logit_scale", "degenerate_share", "entropy_mean"]
     if any("attention_entropy_mean" in r for r in report.values()):
         keys.append("attention_entropy_mean")
-    width = max(len(s) for s in specs)
-    print(f"{dataset.name} ({args.split}, {len(split)} inputs), bayes={args.bayes}, {args.num_samples} draws per prior")
+    width = max(len(s) for s in report)
     print(f"{'prior':{width}s}  " + "  ".join(f"{k:>22s}" for k in keys))
     for spec, r in report.items():
         print(f"{spec:{width}s}  " + "  ".join(f"{r.get(k, float('nan')):22.4g}" for k in keys))
-    print(f"wrote {out.target}")
-    return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from core.schema import Fields
 from core.signed import FORMAT, FORMAT_VERSION, PosteriorFileError, read
 from core.signed import write as write_signed  # this module's own `write` saves a backbone folder
 
@@ -29,6 +30,10 @@ from .transformer import Transformer, TransformerConfig
 
 WEIGHTS, CONFIG, DATA = "backbone.pt", "config.json", "data.json"
 FILES = (WEIGHTS, CONFIG, DATA)
+
+
+STRUCTURE = Fields("backbone", {"config": dict, "state": dict, "sha256": str}, entries={"state": torch.Tensor})
+DATA_STRUCTURE = Fields("backbone data", {"excluded": list, "sources": list, "fingerprints": list})
 
 
 class BackboneError(ValueError):
@@ -105,9 +110,8 @@ class Backbone:
             obj = read(root / WEIGHTS, "backbone")
         except PosteriorFileError as e:
             raise BackboneError(str(e)) from None
-        config, state = obj.get("config"), obj.get("state")
-        if not isinstance(config, dict) or not isinstance(state, dict):
-            raise BackboneError(f"'{root / WEIGHTS}' lacks its config or weights")
+        STRUCTURE.check(obj, root / WEIGHTS, BackboneError)
+        config, state = obj["config"], obj["state"]
         check_architecture(config, f"'{root / WEIGHTS}'")
         check_weights(config, state, root / WEIGHTS)
         sha = weights_sha256(state)
@@ -117,8 +121,7 @@ class Backbone:
         if readable.get("backbone") != config or readable.get("sha256") != sha:
             raise BackboneError(f"'{root / CONFIG}' does not describe the weights in '{root / WEIGHTS}' "
                                 f"(config or sha256 differ): the folder's files disagree")
-        if not all(k in data for k in ("excluded", "sources", "fingerprints")):
-            raise BackboneError(f"'{root / DATA}' lacks 'excluded', 'sources' or 'fingerprints'")
+        DATA_STRUCTURE.check(data, root / DATA, BackboneError)
         return cls(config, state, sha, str(root), list(data["excluded"]), list(data["sources"]),
                    frozenset(data["fingerprints"]))
 

@@ -26,7 +26,6 @@ its own (channel independence, as in PatchTST). The head sees, per channel, the
 mean-pooled final token state and the channel's mean and log standard deviation
 (what the normalization removed), concatenated over channels.
 """
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -42,6 +41,7 @@ from .backbone import Backbone
 from .classifier import DEFAULT_PRIOR, ModelError, TransformerClassifier, bayesian_names
 from .layers import layer_norm, linear
 from .transformer import Transformer, TransformerConfig
+from ..options import ADAPTER
 
 DEFAULT_TARGETS = "*.attn.[qv]"
 KINDS = ("lora", "full")
@@ -61,7 +61,8 @@ class AdapterSpec:
 
 
 def parse_adapter(spec):
-    """``"lora:rank=4,alpha=8,targets=*.attn.[qv]"`` (globs joined by ``|``) or ``"full"`` -> AdapterSpec."""
+    """``"lora:rank=4,alpha=8,targets=*.attn.[qv]"`` (globs joined by ``|``) or ``"full"`` -> AdapterSpec; each value
+    checked against its declaration in ``zoo.options.ADAPTER``."""
     if isinstance(spec, AdapterSpec):
         return spec
     kind, _, args = str(spec).strip().partition(":")
@@ -82,14 +83,9 @@ def parse_adapter(spec):
             number = float(value)
         except ValueError:
             raise ModelError(f"--adapter '{spec}': {key} must be a number, got '{value}'") from None
-        if key == "rank":
-            if number != int(number) or number < 1:
-                raise ModelError(f"--adapter '{spec}': rank must be a whole number >= 1, got {value}")
-            out.rank = int(number)
-        else:
-            if not (math.isfinite(number) and number > 0):
-                raise ModelError(f"--adapter '{spec}': alpha must be a positive number, got {value}")
-            out.alpha = number
+        number = int(number) if key == "rank" and number.is_integer() else number  # rank=4.0 is rank 4
+        ADAPTER.check({key: number}, ModelError, lambda name: f"--adapter '{spec}': {name}")
+        setattr(out, key, number)
     return out
 
 

@@ -28,9 +28,16 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from core.schema import Fields
+
 from ..folder_kinds import refuse_other_kind
 from ..runs import LOCK, to_plain
 from .plan import StudyError, slug
+
+NUMBER = (float, int)
+CELL = Fields("study cell", {"dataset": str, "seed": int, "method": str, "key": str, "status": str, "checksum": str})
+OK_CELL = Fields("study cell", {**CELL.types, **{m: (*NUMBER, type(None)) for m in ("accuracy", "nll", "ece", "brier")},
+                                "fit_seconds": NUMBER, "seconds": NUMBER, "cpu_seconds": NUMBER})
 
 MARKER = "study.json"
 
@@ -178,6 +185,11 @@ class StudyFolder:
         if record.get("checksum") != checksum(record, arrays.read_bytes() if arrays.is_file() else b""):
             warnings.warn(f"study cell '{path}' does not match its checksum (edited or damaged); it is recomputed",
                           stacklevel=2)
+            return None
+        try:  # signed but not a cell this code can read (written by another version, or by hand and re-signed)
+            (OK_CELL if record.get("status") == "ok" else CELL).check(record, path, StudyError)
+        except StudyError as e:
+            warnings.warn(f"{e}; it is recomputed", stacklevel=2)
             return None
         return record
 

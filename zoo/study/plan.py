@@ -14,8 +14,11 @@ from pathlib import Path
 
 import torch
 
+from core import schema
+
 from .. import data as zdata
 from .. import recipes, runs
+from ..options import STUDY
 from ..runs import to_plain
 from .select import check_row
 
@@ -26,6 +29,11 @@ PREDICT_CHUNK = 512 << 20  # bytes per prediction chunk: fixed, so chunking (and
 
 class StudyError(ValueError):
     """A study cannot start as asked (a list, a flag, the output folder); the message names the culprit."""
+
+
+def spell(name):
+    """The study's messages name its flags (``--jobs``); an option whose flag is its negation by its Python name."""
+    return schema.flag(name) if STUDY[name].cli is None else name
 
 
 def parse_list(text, flag):
@@ -158,7 +166,7 @@ class Plan:
     seeds: list
     rows: list  # resolved rows and peers
     evaluation: dict
-    profile: str  # "full" (the recipes), "sweep" (recipes.SWEEP) or "quick" (recipes.QUICK)
+    profile: str  # "full" (the recipes), "sweep" (recipes.SWEEP), "quick" (recipes.QUICK) or "main" (MAIN_BUDGET)
     device: str = "cpu"
     versions: dict = field(default_factory=dict)
     arm: str | None = None  # "reference": every row at the reference's network size; "near-ood": a class held out
@@ -191,32 +199,58 @@ def versions():
 
 
 PROFILES = {"full": ({}, None), "sweep": (recipes.SWEEP, recipes.SWEEP_GRID),
-            "quick": (recipes.QUICK, recipes.QUICK_GRID)}  # a budget's evaluation settings and grid size
+            "quick": (recipes.QUICK, recipes.QUICK_GRID), "main": (recipes.MAIN_BUDGET, recipes.QUICK_GRID)}  # a budget's evaluation settings and grid size
 
 
 def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, reference=False, steps_scale=None,
-              num_samples=None, device="cpu", chunk=PREDICT_CHUNK, sweep=False, reference_arm=False, near_ood=False):
+              num_samples=None, device="cpu", chunk=PREDICT_CHUNK, sweep=False, reference_arm=False, near_ood=False,
+              full=False):
     """Check every list and option and build the Plan; any problem is a one-line StudyError naming it.
 
     Names, seeds, methods and options are checked before any dataset is loaded. ``quick`` and
-    ``sweep`` are budgets (``recipes.QUICK``, ``recipes.SWEEP``): fewer steps and draws, thinner grids.
+    ``sweep`` are budgets (``recipes.QUICK``, ``recipes.SWEEP``): fewer steps and draws, thinner grids. ``full``
+    is every row's full recipe. With none of them, the plan is the main job ("main"): ``recipes.MAIN_BUDGET``, and
+    by default only the rows of the verdicts (``recipes.MAIN``).
     ``reference_arm``: every row and peer at the reference's network size, with the reference row, so
     a distance to the reference measures approximation error on one network (``at_reference_size``).
     ``near_ood``: each dataset less its last class, whose test series are its OOD set (``zoo.data.near_ood``;
     with ``datasets="all"``, the shipped sets of 3 or more classes).
     """
+    asked = dict(datasets=datasets, seeds=seeds, methods=methods, quick=quick, sweep=sweep, full=full, peers=peers,
+                 reference=reference, reference_arm=reference_arm, near_ood=near_ood, steps_scale=steps_scale,
+                 num_samples=num_samples, device=device)
+    STUDY.check(asked, StudyError, spell)
     reference = reference or reference_arm
-    if quick and sweep:
-        raise StudyError("--quick and --sweep are two budgets; give one")
-    profile = "quick" if quick else "sweep" if sweep else "full"
+    profile = "quick" if quick else "sweep" if sweep else "full" if full else "main"
     budget, grid = PROFILES[profile]
     names = dataset_names(datasets)
     if near_ood:
         names = held_out_names(names, all_shipped=str(datasets).strip().lower() == "all")
     seeds = parse_seeds(seeds if seeds is not None else "0")
+    rows = chosen_rows(methods, peers, reference, reference_arm, profile, grid)
+    evaluation = {**recipes.EVALUATION, "steps_scale": 1.0, "predict_chunk": int(chunk)}
+    evaluation.update(budget)
+    if steps_scale is not None:
+        evaluation["steps_scale"] = float(steps_scale)
+    if num_samples is not None:
+        evaluation["samples"] = int(num_samples)
+    entries = [dataset_entry(n) for n in names]
+    ids = [e["id"] for e in entries]
+    for i in ids:
+        if ids.count(i) > 1:
+            raise StudyError(f"--datasets names dataset '{i}' twice")
+    return Plan(entries, seeds, rows, evaluation, profile, str(torch.device(device)), versions(),
+                "reference" if reference_arm else "near-ood" if near_ood else None)
+
+
+def chosen_rows(methods, peers, reference, reference_arm, profile, grid):
+    """The study's rows, resolved: ``methods`` by label (default: the main job's rows, or all but the adapter rows with
+    a budget flag; the peers unless ``peers`` is false), at the reference's size in the reference arm, their
+    packages present, their selection grids thinned to ``grid`` values."""
     offered = methods_offered(reference)
     if methods is None:
-        rows = [r for r in offered if (peers or "peer" not in r) and "adapter" not in r]
+        rows = [r for r in offered if (peers or "peer" not in r) and "adapter" not in r
+                and (profile != "main" or r["label"] in recipes.MAIN or r["label"] == recipes.REFERENCE["label"])]
     else:
         by_label = {r["label"].lower(): r for r in offered}
         wanted = parse_list(methods, "--methods")
@@ -239,23 +273,7 @@ def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, 
     for r, s in zip(rows, slugs):
         if slugs.count(s) > 1:
             raise StudyError(f"two methods share the file name '{s}' (one is '{r['label']}'); rename a row")
-    evaluation = {**recipes.EVALUATION, "steps_scale": 1.0, "predict_chunk": int(chunk)}
-    evaluation.update(budget)
-    if steps_scale is not None:
-        if not steps_scale > 0:
-            raise StudyError(f"--steps-scale must be positive, got {steps_scale}")
-        evaluation["steps_scale"] = float(steps_scale)
-    if num_samples is not None:
-        if num_samples < 1:
-            raise StudyError(f"--num-samples must be >= 1, got {num_samples}")
-        evaluation["samples"] = int(num_samples)
-    entries = [dataset_entry(n) for n in names]
-    ids = [e["id"] for e in entries]
-    for i in ids:
-        if ids.count(i) > 1:
-            raise StudyError(f"--datasets names dataset '{i}' twice")
-    return Plan(entries, seeds, rows, evaluation, profile, str(torch.device(device)), versions(),
-                "reference" if reference_arm else "near-ood" if near_ood else None)
+    return rows
 
 
 OPTIONAL = {"laplace-torch": ("laplace", "laplace-torch"), "laplace_lora": ("laplace", "laplace-torch")}

@@ -206,23 +206,35 @@ def mean_pm(entry):
 
 
 def markdown(plan, results, metrics, plots):
+    """results.md: what was run, the tables per dataset and across datasets, the selections, the flagged cells, the
+    cost, and what is missing."""
+    lines = (header_section(plan, results) + methods_section(plan) + per_dataset_section(results, metrics)
+             + across_section(results) + selection_section(results) + flagged_sections(results)
+             + cost_section(results) + missing_section(results))
+    return "\n".join(lines + ["", "Plots: " + ", ".join(f"`{p}`" for p in plots) + "."]) + "\n"
+
+
+def header_section(plan, results):
     ev = plan.evaluation
     n_cells, missing = len(results["cells"]), results["missing"]
     lines = [f"# Study: {len(plan.datasets)} dataset(s) x {len(plan.seeds)} seed(s) x {len(plan.rows)} method(s) "
-             f"= {n_cells + len(missing)} cells" + ("" if plan.profile == "full" else f" ({plan.profile})"), ""]
+             f"= {n_cells + len(missing)} cells" + ("" if plan.profile == "main" else f" ({plan.profile})"), ""]
     if missing:
         lines += [f"**Partial report: {n_cells} of {n_cells + len(missing)} cells finished** (`--report-only`); "
                   f"the {len(missing)} missing are listed at the end. Averages, ranks and tests below use the "
                   f"finished cells alone.", ""]
-    lines += [f"Datasets: {', '.join(results['study']['datasets'])}. Seeds: {', '.join(map(str, plan.seeds))}. "
-              f"Steps x{ev['steps_scale']:g}; test and OOD metrics from {ev['samples']} posterior draws; shift "
-              f"metrics from {ev['shift_samples']} draws on at most {ev['shift_inputs']} test series, averaged over "
-              f"the shifted sets. Hyperparameters chosen on a stratified validation split of "
-              f"{ev['validation_fraction']:g} of training by validation NLL, the winner refitted on all of "
-              f"training (docs/study.md). Entries are mean ± standard error over seeds; `fit s` includes "
-              f"selection. Fingerprint `{results['study']['fingerprint']}`.", "",
-              "## Methods", "", "| method | where | prior | guide / peer | options | selected on validation |",
-              "|---|---|---|---|---|---|"]
+    return lines + [f"Datasets: {', '.join(results['study']['datasets'])}. Seeds: {', '.join(map(str, plan.seeds))}. "
+                    f"Steps x{ev['steps_scale']:g}; test and OOD metrics from {ev['samples']} posterior draws; shift "
+                    f"metrics from {ev['shift_samples']} draws on at most {ev['shift_inputs']} test series, averaged "
+                    f"over the shifted sets. Hyperparameters chosen on a stratified validation split of "
+                    f"{ev['validation_fraction']:g} of training by validation NLL, the winner refitted on all of "
+                    f"training (docs/study.md). Entries are mean ± standard error over seeds; `fit s` includes "
+                    f"selection. Fingerprint `{results['study']['fingerprint']}`.", ""]
+
+
+def methods_section(plan):
+    lines = ["## Methods", "", "| method | where | prior | guide / peer | options | selected on validation |",
+             "|---|---|---|---|---|---|"]
     for r in plan.rows:
         if "peer" in r:
             grid = json.dumps(r["select"]) if r.get("select") else "its own internal cross-validation (not ranked)"
@@ -231,91 +243,114 @@ def markdown(plan, results, metrics, plots):
         else:
             lines.append(f"| {r['label']} | {r['bayes']} | {r['prior']} | {r['guide']} | "
                          f"{json.dumps(r['options'])} | {json.dumps(r['select']) if r['select'] else ''} |")
-    cols = [m for m in metrics if any(results["summary"].get(d, {}).get(m2, {}).get(m, {}).get("mean") is not None
-                                      for d in results["summary"] for m2 in results["summary"][d])]
-    lines += ["", "## Per dataset"]
+    return lines
+
+
+def per_dataset_section(results, metrics):
+    summary = results["summary"]
+    cols = [m for m in metrics if any(summary.get(d, {}).get(m2, {}).get(m, {}).get("mean") is not None
+                                      for d in summary for m2 in summary[d])]
+    lines = ["", "## Per dataset"]
     for d in results["study"]["datasets"]:
-        table = results["summary"].get(d, {})
+        table = summary.get(d, {})
         lines += ["", f"### {d}", "", "| method | " + " | ".join(COLUMNS.get(c, c) for c in cols) + " |",
                   "|---|" + "---|" * len(cols)]
         for m in results["study"]["methods"]:
             if m in table:
                 lines.append(f"| {m} | " + " | ".join(mean_pm(table[m].get(c)) for c in cols) + " |")
         lines += ood_lines(d, results)
-    lines += ["", "## Across datasets", ""]
-    if results["across_datasets"]:
-        ranked = [k for k in CD_METRICS if k in results["across_datasets"]]
-        lines += ["Average rank (1 = best) over the datasets where every ranked method has the metric; every ranked "
-                  "method selected among the same number of settings on validation (`recipes.SELECTION_BUDGET`).",
-                  "",
-                  "| method | " + " | ".join(f"{COLUMNS[k]} rank" for k in ranked) + " |", "|---|" + "---|" * len(ranked)]
-        for m in [m for m in results["study"]["methods"] if any(m in results["across_datasets"][k]["average_ranks"]
-                                                                 for k in ranked)]:
-            lines.append(f"| {m} | " + " | ".join(fmt(results["across_datasets"][k]["average_ranks"].get(m), 3)
-                                                 for k in ranked) + " |")
-        lines.append("")
-        for k in ranked:
-            entry = results["across_datasets"][k]
-            if "friedman" in entry and entry["friedman"]:
-                f = entry["friedman"]
-                lines.append(f"- {COLUMNS[k]}: Friedman chi2 = {f['statistic']:.3g}, p = {f['p']:.3g} over "
-                             f"{f['datasets']} datasets; critical-difference diagram `{entry['plot']}`.")
-            else:
-                lines.append(f"- {COLUMNS[k]}: {entry['datasets']} complete dataset(s); the Friedman test and a "
-                             f"critical-difference diagram need at least 2 datasets and 3 methods.")
-        pairs = results["across_datasets"].get("nll", {}).get("pairs")
-        if pairs:
-            lines += ["", "Pairwise one-sided Wilcoxon signed-rank tests on NLL (better-ranked first), as the "
-                      "diagram draws them, with Holm-adjusted p-values over all pairs:", "",
-                      "| better | worse | p | p (Holm) |", "|---|---|---|---|"]
-            lines += [f"| {p['a']} | {p['b']} | {p['p']:.3g} | {p['p_holm']:.3g} |" for p in pairs]
-    else:
-        lines.append("No metric has values on every dataset for every method.")
-    lines += ["", "## Selected on validation", "", "| dataset | seed | method | selected | validation NLL per candidate |",
-              "|---|---|---|---|---|"]
+    return lines
+
+
+def across_section(results):
+    across = results["across_datasets"]
+    lines = ["", "## Across datasets", ""]
+    if not across:
+        return lines + ["No metric has values on every dataset for every method."]
+    ranked = [k for k in CD_METRICS if k in across]
+    lines += ["Average rank (1 = best) over the datasets where every ranked method has the metric; every ranked "
+              "method selected among the same number of settings on validation (`recipes.SELECTION_BUDGET`).",
+              "",
+              "| method | " + " | ".join(f"{COLUMNS[k]} rank" for k in ranked) + " |", "|---|" + "---|" * len(ranked)]
+    for m in [m for m in results["study"]["methods"] if any(m in across[k]["average_ranks"] for k in ranked)]:
+        lines.append(f"| {m} | " + " | ".join(fmt(across[k]["average_ranks"].get(m), 3) for k in ranked) + " |")
+    lines.append("")
+    for k in ranked:
+        entry = across[k]
+        if "friedman" in entry and entry["friedman"]:
+            f = entry["friedman"]
+            lines.append(f"- {COLUMNS[k]}: Friedman chi2 = {f['statistic']:.3g}, p = {f['p']:.3g} over "
+                         f"{f['datasets']} datasets; critical-difference diagram `{entry['plot']}`.")
+        else:
+            lines.append(f"- {COLUMNS[k]}: {entry['datasets']} complete dataset(s); the Friedman test and a "
+                         f"critical-difference diagram need at least 2 datasets and 3 methods.")
+    pairs = across.get("nll", {}).get("pairs")
+    if pairs:
+        lines += ["", "Pairwise one-sided Wilcoxon signed-rank tests on NLL (better-ranked first), as the "
+                  "diagram draws them, with Holm-adjusted p-values over all pairs:", "",
+                  "| better | worse | p | p (Holm) |", "|---|---|---|---|"]
+        lines += [f"| {p['a']} | {p['b']} | {p['p']:.3g} | {p['p_holm']:.3g} |" for p in pairs]
+    return lines
+
+
+def selection_section(results):
+    lines = ["", "## Selected on validation", "", "| dataset | seed | method | selected | validation NLL per candidate |",
+             "|---|---|---|---|---|"]
     for c in results["cells"]:
         if c.get("selection"):
             scores = ", ".join(f"{json_values(e['values'])}: {fmt(e['nll'], 3)}" for e in c["selection"]["candidates"])
             lines.append(f"| {c['dataset']} | {c['seed']} | {c['method']} | {json_values(c['selected'])} | {scores} |")
-    lines += cell_table(
-        [c for c in results["cells"] if (c.get("info", {}).get("degeneracy") or {}).get("degenerate")],
+    return lines
+
+
+def flagged_sections(results):
+    """The cells whose fit is degenerate, and the reference cells' convergence diagnostics."""
+    cells = results["cells"]
+    return cell_table(
+        [c for c in cells if (c.get("info", {}).get("degeneracy") or {}).get("degenerate")],
         "Degenerate fits", "Cells whose final fit is degenerate on the training inputs (`inference.degeneracy`): "
         "a predictive that does not move with the input (a fit that never left its starting plateau, or one "
         "collapsed to its prior), or an approximate posterior on its prior. They stay in every table: they are "
         "what the recipe gives for that seed.",
         ["constant predictive (spread)", "on its prior (share)", "accuracy"],
         lambda c, d: [f"{d['constant_predictive']} ({fmt(d['predictive_spread'], 2)})",
-                      f"{d['on_prior']} ({fmt(d['share_on_prior'], 2)})", fmt(c["accuracy"], 3)], "degeneracy")
-    lines += cell_table(
-        [c for c in results["cells"] if c.get("info", {}).get("convergence")],
+                      f"{d['on_prior']} ({fmt(d['share_on_prior'], 2)})", fmt(c["accuracy"], 3)], "degeneracy") + cell_table(
+        [c for c in cells if c.get("info", {}).get("convergence")],
         "Reference convergence", "Function-space diagnostics of each many-chain cell on its test inputs "
         "(docs/reference.md): targets nested R-hat <= 1.05 and bulk ESS >= 200.",
         ["nested R-hat (max)", "R-hat (max)", "bulk ESS (min)", "between-mode share"],
         lambda c, d: [fmt(d.get("nrhat_max")), fmt(d["rhat_max"]), fmt(d["ess_bulk_min"]),
                       fmt(d.get("between_mode_share"), 2)], "convergence")
-    lines += ["", "## Cost per method", "", "Mean over cells, on this machine; a cell's fits are the selection "
-              "candidates plus the refit; CPU seconds (all threads of the process) do not grow with the machine's "
-              "load as wall seconds do.", "",
-              "| method | cells | fits per cell | fit s | predict s | cell s | cell CPU s | peak RSS | peak above start "
-              "| estimate |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def cost_section(results):
+    lines = ["", "## Cost per method", "", "Mean over cells, on this machine; a cell's fits are the selection "
+             "candidates plus the refit; CPU seconds (all threads of the process) do not grow with the machine's "
+             "load as wall seconds do.", "",
+             "| method | cells | fits per cell | fit s | predict s | cell s | cell CPU s | peak RSS | peak above start "
+             "| estimate |", "|---|---|---|---|---|---|---|---|---|---|"]
     for m, c in results["cost"].items():
         lines.append(f"| {m} | {c['cells']} | {c['fits_per_cell']} | {c['fit_seconds']:.1f} | "
-                     f"{c['predict_seconds']:.1f} | {c['cell_seconds']:.1f} | {c['cpu_seconds']:.1f} | {show(c['peak_rss'])} | "
-                     f"{show(c['peak_above_start'])} | {show(c['estimate'])} |")
+                     f"{c['predict_seconds']:.1f} | {c['cell_seconds']:.1f} | {c['cpu_seconds']:.1f} | "
+                     f"{show(c['peak_rss'])} | {show(c['peak_above_start'])} | {show(c['estimate'])} |")
     if results["peak_memory"]:
         lines += ["", f"Largest peak memory (resident, whole worker process): "
                   f"{show(results['peak_memory']['peak_rss'])} in cell {results['peak_memory']['cell']}."]
     if results["failed"]:
         lines += ["", "## Failed cells", ""] + [f"- {f['cell']}: {f['error']}" for f in results["failed"]]
-    if missing:
-        cost = results["remaining_cpu_seconds"]
-        lines += ["", "## Missing cells", "", "Not run yet; the same command without `--report-only` runs them "
-                  "(and reuses every finished cell)" + ("." if cost is None else
-                  f", in about {cost / 3600:.1f} CPU hours (rough: each row's finished cells' CPU seconds per unit "
-                  f"of `zoo.study.run.work`, scaled to the missing cells; a row with none finished at the average "
-                  f"rate). `--jobs N` divides that wall time by about N."), ""] + [f"- {m}" for m in missing]
-    lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plots) + "."]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def missing_section(results):
+    missing = results["missing"]
+    if not missing:
+        return []
+    cost = results["remaining_cpu_seconds"]
+    return ["", "## Missing cells", "", "Not run yet; the same command without `--report-only` runs them "
+            "(and reuses every finished cell)" + ("." if cost is None else
+            f", in about {cost / 3600:.1f} CPU hours (rough: each row's finished cells' CPU seconds per unit "
+            f"of `zoo.study.run.work`, scaled to the missing cells; a row with none finished at the average "
+            f"rate). `--jobs N` divides that wall time by about N."), ""] + [f"- {m}" for m in missing]
 
 
 def cell_table(cells, title, intro, columns, values, key):

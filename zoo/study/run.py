@@ -1,35 +1,39 @@
 """``run_study``: the grid of cells checked, run where asked (here or on Dask), written as it finishes, reported.
 
-The order is what makes a study safe to interrupt and to rerun: every list, flag and
-the output folder are checked first (one-line ``StudyError``), then the engine is
+The order is what makes a study safe to interrupt and to rerun: every argument against its declaration
+(``zoo.options.STUDY``, the same schema as ``bzoo study``'s flags), every list and the output folder are
+checked first (one-line ``StudyError``), then the engine is
 started or reached, then each pending cell's memory estimate is checked against the
 per-worker budget, and only then is anything written: ``study.json``, each cell the
 moment it finishes, and finally the statistics from the cells on disk.
 """
 from .. import recipes
+from ..options import STUDY
 from .engine import Engine
 from .folder import MARKER, StudyFolder
 from .footprint import check, estimate
-from .plan import PREDICT_CHUNK, StudyError, make_plan
+from .plan import PREDICT_CHUNK, StudyError, make_plan, spell
 
 
 def default_out(plan):
     names = [d["id"] for d in plan.datasets]
     what = names[0] if len(names) == 1 else f"{len(names)}-datasets"
-    budget = ("" if plan.profile == "full" else f"-{plan.profile}") + (f"-{plan.arm}-arm" if plan.arm else "")
+    budget = ("" if plan.profile == "main" else f"-{plan.profile}") + (f"-{plan.arm}-arm" if plan.arm else "")
     return f"runs/study-{what}-{'-'.join(map(str, plan.seeds))}{budget}"
 
 
 def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False, sweep=False, peers=True,
               reference=False, steps_scale=None, num_samples=None, jobs=None, scheduler=None, memory_budget=None,
               overwrite=False, device="cpu", threads=None, progress=True, report_only=False, reference_arm=False,
-              shortest_first=False, near_ood=False):
+              shortest_first=False, near_ood=False, full=False):
     """Run (or resume) a study into folder ``out``; returns (the results dict, also in ``out/results.json``,
     the folder).
 
     ``datasets``, ``seeds``, ``methods``: comma-separated strings or lists (``datasets="all"``
-    for every shipped dataset; methods are row and peer labels, default all). ``quick``
-    and ``sweep`` cut steps, draws and selection grids (``recipes.QUICK``, ``recipes.SWEEP``).
+    for every shipped dataset; methods are row and peer labels, default the verdicts' rows, ``recipes.MAIN``, or
+    all with a budget flag). By default the budget is ``recipes.MAIN_BUDGET``, on the verdicts' rows; ``full``
+    runs every row's full recipe, ``quick`` and ``sweep`` cut steps, draws and selection grids (``recipes.QUICK``,
+    ``recipes.SWEEP``).
     ``jobs`` runs cells on a local Dask cluster of that many processes, ``scheduler`` on an existing one;
     neither runs them here. ``memory_budget`` (bytes or "4G") is what one cell may use; by default half of the
     available memory shared among the concurrent cells. ``threads``: torch threads per cell (default: the
@@ -39,44 +43,27 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
     makespan), or ``shortest_first`` (the most finished cells before a deadline). ``report_only`` runs nothing: it reports the cells of
     this plan that ``out`` holds finished (``report_finished``).
     """
+    STUDY.check({name: value for name, value in locals().items() if name in STUDY}, StudyError, spell)
     from core.memory import parse_size
 
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise StudyError(f"--threads must be an integer >= 1, got {threads}")
     engine = Engine(jobs, scheduler, threads)  # flags first: a bad --jobs or an unreachable --scheduler before any data
     budget = None if memory_budget is None else (parse_size(memory_budget) if isinstance(memory_budget, str)
                                                  else int(memory_budget))
     chunk = PREDICT_CHUNK if budget is None else min(PREDICT_CHUNK, budget // 2)
     asked = (datasets, seeds, methods, steps_scale, num_samples, memory_budget)
-    if report_only and out is not None and all(v is None for v in asked) and not (quick or sweep or reference or reference_arm or near_ood):
+    if report_only and out is not None and all(v is None for v in asked) and not (quick or sweep or full or reference
+                                                                                   or reference_arm or near_ood):
         return report_finished(plan_of_folder(out, device), out)
     plan = make_plan(datasets, seeds, methods, quick=quick, peers=peers, reference=reference, reference_arm=reference_arm,
                      near_ood=near_ood,
-                     steps_scale=steps_scale, num_samples=num_samples, device=device, chunk=chunk, sweep=sweep)
-    if report_only:
-        if jobs is not None or scheduler is not None:
-            raise StudyError("--report-only runs no cell; drop --jobs and --scheduler")
+                     steps_scale=steps_scale, num_samples=num_samples, device=device, chunk=chunk, sweep=sweep,
+                     full=full)
+    if report_only:  # with neither --jobs nor --scheduler (zoo.options.STUDY)
         return report_finished(plan, out or default_out(plan))
     folder = StudyFolder.check(out or default_out(plan), plan.config(), plan.fingerprint(), overwrite)
     with engine:
-        budget = budget or engine.default_budget()
-        tasks, finished = [], []
-        for dataset, seed, row in plan.cells():
-            key = plan.key(dataset, seed, row)
-            done = folder.read_cell(dataset["id"], seed, row["label"], key) if (folder.resuming or overwrite) else None
-            if done is not None:
-                finished.append(done)
-                continue
-            label = f"({dataset['id']}, seed {seed}, {row['label']})"
-            need = cell_estimate(row, dataset, plan.evaluation)
-            check(label, need, budget)
-            tasks.append({"dataset": dataset["id"], "ref": dataset["ref"], "seed": seed, "row": row, "key": key,
-                          "label": label, "evaluation": plan.evaluation, "device": plan.device,
-                          "threads": engine.threads(), "estimate": need, "budget": budget})
-        if engine.client is not None:  # longest first, so the last cells to finish are short ones; shortest first
-            # banks the most finished cells before a deadline (a machine given up, a session's end)
-            tasks.sort(key=lambda t: (1 if shortest_first else -1) * work(t["row"], next(d for d in plan.datasets if d["id"] == t["dataset"]),
-                                           plan.evaluation))
+        tasks, finished = pending_tasks(plan, folder, engine, budget or engine.default_budget(), overwrite,
+                                        shortest_first)
         folder.open()
         try:
             engine.run(tasks, folder.write_cell, total=len(finished) + len(tasks), done=len(finished),
@@ -84,17 +71,46 @@ def run_study(out=None, datasets=None, seeds=None, methods=None, *, quick=False,
         except BaseException:
             folder.close()
             raise
-    from .report import write
-
     try:
-        cells, missing = read_cells(plan, folder)
-        if missing:
-            dataset, seed, row = missing[0]
-            raise StudyError(f"cell ({dataset['id']}, seed {seed}, {row['label']}) has no finished file in "
-                             f"'{folder.root}' after the run")
-        return write(plan, folder, cells), folder
+        return report_run(plan, folder), folder
     finally:
         folder.close()
+
+
+def pending_tasks(plan, folder, engine, budget, overwrite, shortest_first):
+    """The cells still to run as engine tasks, each checked against the per-cell memory ``budget``, and the finished
+    cells the folder already holds (reused by key). On Dask, the costliest cells first (the shortest makespan), or the
+    cheapest with ``shortest_first`` (the most finished cells before a deadline: a machine given up, a session's end)."""
+    tasks, finished = [], []
+    for dataset, seed, row in plan.cells():
+        key = plan.key(dataset, seed, row)
+        done = folder.read_cell(dataset["id"], seed, row["label"], key) if (folder.resuming or overwrite) else None
+        if done is not None:
+            finished.append(done)
+            continue
+        label = f"({dataset['id']}, seed {seed}, {row['label']})"
+        need = cell_estimate(row, dataset, plan.evaluation)
+        check(label, need, budget)
+        tasks.append({"dataset": dataset["id"], "ref": dataset["ref"], "seed": seed, "row": row, "key": key,
+                      "label": label, "evaluation": plan.evaluation, "device": plan.device,
+                      "threads": engine.threads(), "estimate": need, "budget": budget})
+    if engine.client is not None:
+        datasets = {d["id"]: d for d in plan.datasets}
+        tasks.sort(key=lambda t: (1 if shortest_first else -1) * work(t["row"], datasets[t["dataset"]],
+                                                                      plan.evaluation))
+    return tasks, finished
+
+
+def report_run(plan, folder):
+    """The report of a finished run; every cell of the plan must have its file by now."""
+    from .report import write
+
+    cells, missing = read_cells(plan, folder)
+    if missing:
+        dataset, seed, row = missing[0]
+        raise StudyError(f"cell ({dataset['id']}, seed {seed}, {row['label']}) has no finished file in "
+                         f"'{folder.root}' after the run")
+    return write(plan, folder, cells)
 
 
 def read_cells(plan, folder):
@@ -122,6 +138,7 @@ def plan_of_folder(out, device="cpu"):
         return make_plan(datasets, ",".join(map(str, config["seeds"])), config["methods"],
                          near_ood=config.get("arm") == "near-ood",
                          quick=config["profile"] == "quick", sweep=config["profile"] == "sweep",
+                         full=config["profile"] == "full",
                          reference=recipes.REFERENCE["label"] in config["methods"],
                          reference_arm=config.get("arm") == "reference",
                          steps_scale=evaluation["steps_scale"], num_samples=evaluation["samples"],
