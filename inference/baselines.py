@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core.tensors import minibatches
+from core.training import adam_cosine
 
 from .fit import FitError, fit, kl_weight, register_method
 from .posterior import Posterior
@@ -109,8 +110,7 @@ def fit_members_together(model, data, starts, steps, lr, batch_size, temperature
     x, y, mask = data
     net, n, s = model.net, x.shape[0], len(starts)
     params = {k: torch.stack([start[k] for start in starts]).requires_grad_() for k in starts[0]}
-    optim = torch.optim.Adam(params.values(), lr=lr)  # sites (the MAP guide's values) and point parameters alike
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, max(steps, 1), eta_min=lr / 10)
+    optim, schedule = adam_cosine(params.values(), lr, steps)  # sites (the MAP guide's values) and point parameters
     priors = {k: model.priors[k](site) for k, site in model.sites.items()}
     randomness = "different" if net.cfg.dropout else "error"
 

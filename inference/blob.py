@@ -11,6 +11,7 @@ from torch.distributions import Normal, kl_divergence
 from tqdm.auto import tqdm
 
 from core.tensors import minibatches
+from core.training import adam_cosine
 from zoo.models.lora import flipout as flipout_context
 
 from .elbo import NonFiniteError, elbo_terms
@@ -93,8 +94,7 @@ def fit_blob(model, data, *, steps=2000, lr=1e-2, batch_size=None, temperature=1
         raise FitError(f"guide 'blob': {e}") from None
     params = {k: p for k, p in [*model.named_parameters(), *(("guide." + k, v) for k, v in guide.named_parameters())]
               if p.requires_grad}
-    adam = torch.optim.Adam(params.values(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(adam, max(steps, 1), eta_min=lr / 10)
+    adam, schedule = adam_cosine(params.values(), lr, steps)
     sgd = None
     if kl_lr is not None:
         sgd = torch.optim.SGD(params.values(), lr=kl_lr)

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from core.checks import check_data, check_device
 from zoo.options import FIT_OPTIONS
 from core.tensors import minibatches, model_device, model_dtype, unpack
+from core.training import adam_cosine
 from .elbo import NonFiniteError, elbo_terms, first_nonfinite_site
 from .guides import GUIDES
 from .persist import Checkpoint
@@ -329,8 +330,7 @@ def svi(model, guide, x, y, mask, steps, lr, batch_size, num_particles, kl_annea
               if p.requires_grad}
     if not params:
         return [], 0.0, None
-    optim = torch.optim.Adam(params.values(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, max(steps, 1), eta_min=lr / 10)
+    optim, schedule = adam_cosine(params.values(), lr, steps)
     n = x.shape[0]
     generator = torch.Generator().manual_seed(seed)
     start, losses, before = checkpoint.resume(model, guide, optim, schedule) if checkpoint else (0, [], 0.0)

@@ -29,6 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from core.tensors import minibatches
+from core.training import adam_cosine
 
 from .fit import FitError, kl_weight, register_method
 from .guides.fsvi import CONTEXTS, context_inputs, function_prior
@@ -134,8 +135,7 @@ def train_map(model, prior, data, steps, lr, batch_size, temperature, kl_anneal,
     x, y, mask = data
     values = {n: v.detach().clone().requires_grad_(True) for n, v in model.initial_values().items()}
     trained = [*values.values(), *(p for p in model.net.parameters() if p.requires_grad)]
-    optim = torch.optim.Adam(trained, lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, max(steps, 1), eta_min=lr / 10)
+    optim, schedule = adam_cosine(trained, lr, steps)
     n, losses = x.shape[0], []
     batches = minibatches(n, batch_size, steps, torch.Generator().manual_seed(seed))
     model.train()

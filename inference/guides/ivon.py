@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from core.checks import check, integer, number
 from core.tensors import minibatches
+from core.training import adam_cosine
 
 from ..elbo import NonFiniteError, particles
 from ..fit import FitError, kl_weight, register_method
@@ -194,8 +195,7 @@ def fit_ivon(model, data, *, steps=1000, lr=0.1, batch_size=None, temperature=1.
     state = IVON({k: guide.loc[_key(k)] for k in guide.sites}, gaussian_priors(guide.sites), ess, hess_init, beta1,
                  beta2)
     point = [p for p in model.parameters() if p.requires_grad]
-    adam = torch.optim.Adam(point, lr=point_lr) if point else None
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(adam, max(steps, 1), eta_min=point_lr / 10) if adam else None
+    adam, schedule = adam_cosine(point, point_lr, steps) if point else (None, None)
     bar = tqdm(minibatches(n, batch_size, steps, torch.Generator().manual_seed(seed)), total=steps, desc="fit ivon",
                disable=not progress, leave=False)
     losses, started = [], time.perf_counter()

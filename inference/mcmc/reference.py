@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from core.training import adam_cosine
+
 from ..fit import FitError, register_method
 from ..posterior import Posterior
 from .mclmc import INTEGRATORS, Kernel, Noise, adapt, init, sample
@@ -183,8 +185,7 @@ def ensemble(model, density, o):
     starts = [fresh_start(model, s) for s in member_seeds(o["seed"], o["num_members"])]
     z = density.flatten({n: torch.stack([s.get(n, density.proto[n]) for s in starts]) for n in density.shapes})
     z = z.detach().clone().requires_grad_(True)
-    optim = torch.optim.Adam([z], lr=o["lr"])
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, max(o["steps"], 1), eta_min=o["lr"] / 10)
+    optim, schedule = adam_cosine([z], o["lr"], o["steps"])
     for _ in tqdm(range(o["steps"]), desc=f"reference ensemble: {len(starts)} MAP fits", leave=False,
                   disable=not o["progress"]):
         loss = -density.log_density(z).sum()
