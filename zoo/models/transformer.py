@@ -73,10 +73,16 @@ class TransformerConfig:
 
 
 class Block(nn.Module):
-    """Pre-norm block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+    """Pre-norm block: x + attn(ln1(x)), then x + mlp(ln2(x)).
 
-    def __init__(self, cfg):
+    Its weights reach it as the network's dict ``p`` of full names (``blocks.{i}.attn.qkv.weight``), drawn ones with
+    a leading sample dim, so that Bayesian sites stand in without the block knowing; ``net`` lends the hooks a model
+    may replace: ``net.project`` (adapters), ``net.attend`` (sampled or GP attention) and ``net.dropout``.
+    """
+
+    def __init__(self, cfg, index):
         super().__init__()
+        self.index, self.prefix = index, f"blocks.{index}."
         d = cfg.d_model
         self.ln1 = nn.LayerNorm(d)
         self.attn = nn.Module()
@@ -86,6 +92,25 @@ class Block(nn.Module):
         self.mlp = nn.Module()
         self.mlp.fc = nn.Linear(d, cfg.mlp_ratio * d)
         self.mlp.proj = nn.Linear(cfg.mlp_ratio * d, d)
+
+    def forward(self, h, mask, p, net):
+        n = self.prefix
+        h = h + self.attend(layer_norm(h, p[n + "ln1.weight"], p[n + "ln1.bias"]), mask, p, net)
+        return h + self.feed_forward(layer_norm(h, p[n + "ln2.weight"], p[n + "ln2.bias"]), p, net)
+
+    def attend(self, h, mask, p, net):
+        a = self.prefix + "attn."
+        *lead, t, d = h.shape
+        heads = net.cfg.heads
+        qkv = net.project(h, p, a + "qkv")
+        q, k, v = (z.reshape(*lead, t, heads, d // heads).transpose(-2, -3) for z in qkv.split(d, dim=-1))
+        y = net.attend(q, k, v, mask, layer=self.index, params=p)  # hooks with parameters of their own read them from p
+        y = y.transpose(-2, -3).reshape(*lead, t, d)
+        return net.dropout(net.project(y, p, a + "proj"))
+
+    def feed_forward(self, h, p, net):
+        m = self.prefix + "mlp."
+        return net.dropout(net.project(F.gelu(net.project(h, p, m + "fc")), p, m + "proj"))
 
 
 class Transformer(nn.Module):
@@ -100,7 +125,7 @@ class Transformer(nn.Module):
         else:
             self.embed = nn.Linear(cfg.input_dim * cfg.patch, cfg.d_model)
         self.register_buffer("pos", sinusoidal_positions(cfg.max_tokens, cfg.d_model), persistent=False)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.num_classes)
         self.attend = softmax_attention  # attention-space models put a sampling attention here
@@ -149,9 +174,8 @@ class Transformer(nn.Module):
         h = h + self.pos[: h.shape[-2]]
         if s and h.dim() == 3:
             h = h.expand(s, *h.shape)
-        for i in range(cfg.depth):
-            h = h + self.attention(layer_norm(h, p[f"blocks.{i}.ln1.weight"], p[f"blocks.{i}.ln1.bias"]), p, i, mask)
-            h = h + self.mlp(layer_norm(h, p[f"blocks.{i}.ln2.weight"], p[f"blocks.{i}.ln2.bias"]), p, i)
+        for block in self.blocks:
+            h = block(h, mask, p, self)
         return h, mask, p
 
     def project(self, h, p, name):
@@ -168,21 +192,6 @@ class Transformer(nn.Module):
         if x.shape[1] > cfg.max_len:
             raise InputShapeError(f"input of shape {list(x.shape)} has sequences of length {x.shape[1]}, longer than "
                                   f"the model's max_len={cfg.max_len}; build the model with max_len >= {x.shape[1]}")
-
-    def attention(self, h, p, i, mask):
-        a = f"blocks.{i}.attn."
-        *lead, t, d = h.shape
-        qkv = self.project(h, p, a + "qkv")
-        q, k, v = (z.reshape(*lead, t, self.cfg.heads, d // self.cfg.heads).transpose(-2, -3)
-                   for z in qkv.split(d, dim=-1))
-        y = self.attend(q, k, v, mask, layer=i, params=p)  # hooks with parameters of their own read them from p
-        y = y.transpose(-2, -3).reshape(*lead, t, d)
-        return self.dropout(self.project(y, p, a + "proj"))
-
-    def mlp(self, h, p, i):
-        m = f"blocks.{i}.mlp."
-        h = F.gelu(self.project(h, p, m + "fc"))
-        return self.dropout(self.project(h, p, m + "proj"))
 
     def dropout(self, h):
         return F.dropout(h, self.cfg.dropout, self.training) if self.cfg.dropout else h
