@@ -2,7 +2,7 @@
 
 Part 1, the mechanism. The study row ``dirichlet attention`` (``bayes="attention"``, guide ``dirichlet``, the
 recipe ``zoo.recipes.FIT["dirichlet"]``, temperature 1, the model a study cell builds) is fitted by ``train``, a
-copy of ``inference.fit``'s SVI loop that calls the same step code (``inference.fit.step_terms``, ``kl_weight``,
+copy of ``inference.fit``'s SVI loop that calls the same step code (``inference.svi.step_terms``, ``kl_weight``,
 Adam with the cosine schedule, the same seeds: the test checks it gives ``fit``'s losses) and every ``EVERY``
 steps records, from that step's own ELBO terms: the expected log-likelihood, the KL (total and per attention
 number), the N/B scale of the local KL, each head's concentration c (and c / tokens: at 0.9 x tokens with uniform
@@ -62,7 +62,7 @@ def train(model, data, guide, steps, lr, kl_anneal=0, seed=0, record=None, after
     """``inference.fit``'s SVI loop at temperature 1, full batch: returns the Posterior. ``record(step, terms, guide,
     weight)`` runs every ``EVERY`` steps (and at the last) on that step's ELBO terms, ``after_step(guide)`` once
     before the first step and after every step."""
-    from inference.fit import build_guide, checked_data, kl_weight, step_terms
+    from inference.svi import build_guide, checked_data, kl_weight, step_terms
     from inference.posterior import Posterior
 
     x, y, mask = checked_data(model, data, "fit data")

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from core.tensors import minibatches
 from core.training import adam_cosine
 
-from .fit import FitError, fit, kl_weight, register_method
+from .svi import FitError, fit_svi, kl_weight
 from .posterior import Posterior
 from .guides.weight import global_sites
 
@@ -46,7 +46,6 @@ def reinitialized(model, seed):
     return member
 
 
-@register_method("ensemble")
 def fit_ensemble(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1.0, seed=0, progress=True,
                  num_members=5, batched=None, kl_anneal=0):
     """A deep ensemble: ``num_members`` independent MAP fits, member k from a fresh network seeded ``seed + k``.
@@ -79,8 +78,8 @@ def fit_ensemble(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperatu
         members = []
         for k in range(num_members):
             member = model if k == 0 else reinitialized(model, seed + k)
-            posterior = fit(member, data, guide="map", steps=steps, lr=lr, batch_size=batch_size,
-                            temperature=temperature, kl_anneal=kl_anneal, seed=seed + k, progress=progress)
+            posterior = fit_svi(member, data, guide="map", steps=steps, lr=lr, batch_size=batch_size,
+                                temperature=temperature, kl_anneal=kl_anneal, seed=seed + k, progress=progress)
             members.append(network_values(member, posterior))
         draws = {n: torch.stack([m[n] for m in members]) for n in members[0]}
     return Posterior(model, "ensemble", draws=draws, info={"num_members": num_members, "seed": seed,
@@ -141,7 +140,6 @@ def fit_members_together(model, data, starts, steps, lr, batch_size, temperature
     return {k: v.detach() for k, v in params.items()}
 
 
-@register_method("mc_dropout")
 def fit_mc_dropout(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1.0, seed=0, progress=True,
                    num_samples=100, kl_anneal=0):
     """MC dropout: a MAP fit with dropout on, predicting with dropout on (``num_samples`` masks).
@@ -152,8 +150,8 @@ def fit_mc_dropout(model, data, *, steps=1000, lr=1e-2, batch_size=None, tempera
     if num_samples < 1:
         raise FitError(f"num_samples must be >= 1, got {num_samples}")
     x, _, mask = data
-    posterior = fit(model, data, guide="map", steps=steps, lr=lr, batch_size=batch_size, temperature=temperature,
-                    kl_anneal=kl_anneal, seed=seed, progress=progress)
+    posterior = fit_svi(model, data, guide="map", steps=steps, lr=lr, batch_size=batch_size,
+                        temperature=temperature, kl_anneal=kl_anneal, seed=seed, progress=progress)
     values = network_values(model, posterior)
     # One weight set, repeated: the network then carries a leading sample dim and draws a mask per sample.
     draws = {n: v.expand(num_samples, *v.shape) for n, v in values.items()}

@@ -15,7 +15,7 @@ from core.training import adam_cosine
 from zoo.models.lora import flipout as flipout_context
 
 from .elbo import NonFiniteError, elbo_terms
-from .fit import FitError, register_method
+from .svi import FitError
 from .guides.lora import BLoB
 from .posterior import Posterior
 
@@ -72,7 +72,6 @@ def check_options(kl_weighting, kl_lr, prior_scale, gamma):
         raise FitError("blob: gamma must be a positive number, got None")
 
 
-@register_method("blob")
 def fit_blob(model, data, *, steps=2000, lr=1e-2, batch_size=None, temperature=1.0, seed=0, progress=True,
              flipout=True, kl_weighting="elbo", kl_lr=None, gamma=8.0, prior_scale=0.2, init_eps=0.05):
     """Fit ``BLoB`` as the reference implementation does; returns a Posterior holding the guide.

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from core.tensors import minibatches
 from core.training import adam_cosine
 
-from .fit import FitError, kl_weight, register_method
+from .svi import FitError, kl_weight
 from .guides.fsvi import CONTEXTS, context_inputs, function_prior
 from .lanczos import top_eigenpairs
 from .posterior import Posterior
@@ -176,7 +176,6 @@ def check_options(model, prior, context_points, batch_points, context, lanczos_s
         raise FitError(f"fsp-laplace: {str(e).splitlines()[0]}") from None
 
 
-@register_method("fsp-laplace")
 def fit_fsp_laplace(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1.0, seed=0, progress=True,
                     kl_anneal=0, prior=None, context_points=CONTEXT_POINTS, batch_points=BATCH_POINTS,
                     context="uniform", lanczos_steps=None, num_draws=NUM_DRAWS):

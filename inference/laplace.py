@@ -21,7 +21,7 @@ from pyro.infer.autoguide.initialization import init_to_value
 from pyro.infer.mcmc.util import initialize_model
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .fit import FitError, fit, register_method
+from .svi import FitError, fit_svi
 from .mcmc.nuts import Tempered, tempered
 from .posterior import Posterior
 
@@ -98,7 +98,6 @@ def polish(energy, theta, max_iter):
     return theta.detach()
 
 
-@register_method("laplace")
 def fit_laplace(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1.0, seed=0, progress=True,
                 subset="auto", max_full=1000, polish_steps=200, kl_anneal=0):
     """MAP (``steps`` Adam steps at ``lr``, the prior warmed up over ``kl_anneal``), L-BFGS polish, exact
@@ -110,8 +109,8 @@ def fit_laplace(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperatur
     if subset not in SUBSETS:
         raise FitError(f"unknown laplace subset '{subset}'; valid: {', '.join(SUBSETS)}")
     x, y, mask = data
-    map_post = fit(model, data, guide="map", steps=steps, lr=lr, batch_size=batch_size, temperature=temperature,
-                   kl_anneal=kl_anneal, seed=seed, progress=progress)
+    map_post = fit_svi(model, data, guide="map", steps=steps, lr=lr, batch_size=batch_size,
+                       temperature=temperature, kl_anneal=kl_anneal, seed=seed, progress=progress)
     mode = {n: v[0] for n, v in map_post.sample(1).items()}
     size = sum(v.numel() for v in mode.values())
     if subset == "auto":

@@ -29,7 +29,7 @@ from .baselines import fit_ensemble
 from .elbo import elbo_terms
 from core.tensors import minibatches
 
-from .fit import FitError, fit, register_method
+from .svi import FitError, fit_svi
 from .posterior import Posterior
 
 HESSIANS = ("kron", "diag", "full")
@@ -78,7 +78,6 @@ def laplace_view(model, values):
     return net
 
 
-@register_method("laplace_lora")
 def fit_laplace_lora(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1.0, seed=0, progress=True,
                      hessian="kron", prior_structure="scalar", prior_steps=100, num_samples=200, predictive="glm"):
     """MAP, then laplace-torch's Laplace over the sites with prior precision by marginal likelihood.
@@ -99,8 +98,8 @@ def fit_laplace_lora(model, data, *, steps=1000, lr=1e-2, batch_size=None, tempe
         raise FitError(f"laplace_lora: unknown prior_structure '{prior_structure}'; "
                        f"valid: {', '.join(PRIOR_STRUCTURES)}")
     x, y, mask = data
-    map_post = fit(model, data, guide="map", steps=steps, lr=lr, batch_size=batch_size, temperature=temperature,
-                   seed=seed, progress=progress)
+    map_post = fit_svi(model, data, guide="map", steps=steps, lr=lr, batch_size=batch_size,
+                       temperature=temperature, seed=seed, progress=progress)
     values = map_values(map_post)
     la, names = laplace_torch(model, values, data, hessian, prior_structure, prior_steps, temperature, batch_size,
                               Laplace)
@@ -146,7 +145,6 @@ def unflatten(vectors, names, like):
     return draws
 
 
-@register_method("swag_lora")
 def fit_swag_lora(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1.0, seed=0, progress=True,
                   swag_steps=300, swag_lr=1e-2, collect_every=10, max_rank=10, scale=0.5, num_samples=200):
     """MAP, then SWAG moments of the sites along constant-rate SGD (momentum 0.9) from the MAP."""
@@ -157,8 +155,8 @@ def fit_swag_lora(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperat
     if max_rank < 2:
         raise FitError(f"swag_lora: max_rank must be >= 2, got {max_rank}")
     x, y, mask = data
-    map_post = fit(model, data, guide="map", steps=steps, lr=lr, batch_size=batch_size, temperature=temperature,
-                   seed=seed, progress=progress)
+    map_post = fit_svi(model, data, guide="map", steps=steps, lr=lr, batch_size=batch_size,
+                       temperature=temperature, seed=seed, progress=progress)
     guide = map_post.guide
     others = {n: p for n, p in model.net.named_parameters() if p.requires_grad}  # trained, not sites
     params = [*guide.parameters(), *others.values()]
@@ -207,7 +205,6 @@ def swag_samples(snapshots, max_rank, scale, num_samples, seed):
     return mean + scale ** 0.5 * (var.sqrt() * z1 + z2 @ deviations / max(k - 1, 1) ** 0.5)
 
 
-@register_method("lora_ensemble")
 def fit_lora_ensemble(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1.0, seed=0, progress=True,
                       num_members=5):
     """A deep ensemble of adapters: ``num_members`` MAP fits from fresh adapters and head, one frozen backbone."""

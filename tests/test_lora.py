@@ -410,7 +410,7 @@ def test_blob_kl_weights_are_the_reference_reweighting():
 def test_fit_blob_without_flipout_and_with_elbo_weight_is_the_svi_fit(backbone_dir, ipd):
     import pyro
 
-    from inference.fit import svi
+    from inference.svi import svi
     from inference.blob import fit_blob
 
     x, y = ipd.train.x, ipd.train.y
@@ -434,7 +434,7 @@ def test_fit_blob_without_flipout_and_with_elbo_weight_is_the_svi_fit(backbone_d
 
 
 def test_fit_blob_saves_and_loads_and_refuses_bad_options(backbone_dir, ipd, tmp_path):
-    from inference.fit import FitError
+    from inference import FitError
     from inference.blob import fit_blob
 
     data_ = (ipd.train.x, ipd.train.y, None)

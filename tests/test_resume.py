@@ -12,7 +12,7 @@ from inference import FitError, fit
 from inference.persist import PosteriorFileError
 from zoo import TransformerClassifier
 
-SVI = importlib.import_module("inference.fit")  # the module (``inference.fit`` is also the function)
+SVI = importlib.import_module("inference.svi")  # the module of the SVI loop
 STEPS, EVERY = 12, 4
 # Every piece of state the loop carries: minibatch order, dropout masks, particles, annealing, clipping.
 OPTIONS = dict(guide="mean_field", steps=STEPS, lr=1e-2, batch_size=5, num_particles=2, kl_anneal=5, clip_norm=1.0,

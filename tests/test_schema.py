@@ -217,7 +217,7 @@ def no_work(monkeypatch, tmp_path):
 
     monkeypatch.setattr(zoo.study.run, "make_plan", trip)
     monkeypatch.setattr(zoo.pretrain, "corpus", trip)
-    monkeypatch.setattr(sys.modules["inference.fit"], "svi", trip)
+    monkeypatch.setattr(sys.modules["inference.svi"], "svi", trip)
     return tmp_path
 
 

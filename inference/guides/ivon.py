@@ -34,7 +34,7 @@ from core.tensors import minibatches
 from core.training import adam_cosine
 
 from ..elbo import NonFiniteError, particles
-from ..fit import FitError, kl_weight, register_method
+from ..svi import FitError, kl_weight
 from ..posterior import Posterior
 from ..sites import in_data_plate
 from .weight import MIN_SCALE, MeanField, _key
@@ -168,7 +168,6 @@ def inverse_softplus(value):
     return value + torch.log(-torch.expm1(-value))
 
 
-@register_method("ivon")
 def fit_ivon(model, data, *, steps=1000, lr=0.1, batch_size=None, temperature=1.0, seed=0, progress=True,
              kl_anneal=0, mc_samples=1, beta1=0.9, beta2=0.999, hess_init=30.0, ess=None, point_lr=1e-2):
     """A mean-field Gaussian posterior over the weight sites by ``steps`` IVON updates (see the module docstring).

@@ -21,7 +21,7 @@ from pyro.infer.mcmc import NUTS
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
-from ..fit import FitError, fit, register_method
+from ..svi import FitError, fit_svi
 from ..posterior import Posterior
 
 INITS = ("map", "random", "model")
@@ -69,8 +69,8 @@ def map_start(model, data, start, steps, lr, temperature, seed):
                 params[n].copy_(v)
     for p in chain_model.parameters():
         p.requires_grad_(False)
-    posterior = fit(chain_model, data, guide="map", steps=steps, lr=lr, temperature=temperature, seed=seed,
-                    progress=False)
+    posterior = fit_svi(chain_model, data, guide="map", steps=steps, lr=lr, temperature=temperature, seed=seed,
+                        progress=False)
     return {n: v[0].detach() for n, v in posterior.sample(1).items()}
 
 
@@ -126,7 +126,6 @@ def run_chain(kernel, model_args, warmup, num_samples, desc, progress):
     return draws, stats
 
 
-@register_method("nuts")
 def fit_nuts(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1.0, seed=0, progress=True,
              num_chains=4, warmup=200, num_samples=200, max_tree_depth=6, target_accept=0.8, dense_mass=False,
              jit_compile=False, init="map", workers=1):

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from core.training import adam_cosine
 
-from ..fit import FitError, register_method
+from ..svi import FitError
 from ..posterior import Posterior
 from .mclmc import INTEGRATORS, Kernel, Noise, adapt, init, sample
 from .nuts import fit_nuts, fresh_start
@@ -34,7 +34,6 @@ SAMPLERS = ("mclmc", "nuts")
 MAX_MEMORY = 3 * 2**30  # bytes a reference may plan to hold: the shared machine's per-process budget
 
 
-@register_method("reference")
 def fit_reference(model, data, *, steps=500, lr=1e-2, batch_size=None, temperature=1.0, seed=0, progress=True,
                   sampler="mclmc", num_members=8, num_chains=32, warmup=1000, num_samples=150, thin=20,
                   step_size=0.01, energy_var=5e-4, integrator="mclachlan", precondition=False,
