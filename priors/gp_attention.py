@@ -27,6 +27,8 @@ import torch
 from pyro.distributions import constraints
 from torch.distributions.utils import lazy_property
 
+from core import linalg
+from core.linalg import NotPositiveDefinite, tenfold
 from .base import Prior, PriorError, format_spec, positive
 from .spec import register
 
@@ -39,35 +41,22 @@ class CholeskyError(FloatingPointError):
 
 
 def cholesky(matrix, site):
-    """Lower Cholesky factor of each [..., n, n] matrix, retrying a failed one with growing jitter.
+    """Lower Cholesky factor of each [..., n, n] matrix by the library's jitter policy (``core.linalg.cholesky``).
 
     Jitter starts at 10 machine epsilons of the matrix's mean diagonal and grows tenfold up to
     ``MAX_JITTER``; each matrix gets the smallest jitter that works for it, so a batch factorizes
     as each matrix would alone. Raises ``CholeskyError`` naming ``site`` when one never does.
     Differentiable (``_CholeskyGrad``); the jitter is a constant.
     """
-    if not torch.isfinite(matrix.detach().sum()):
-        raise CholeskyError(f"the kernel matrix at site '{site}' holds non-finite values (an exponential kernel "
-                            f"overflows when q.k / lengthscale^2 passes ~88 in float32)")
-    with torch.no_grad():
-        size = matrix.diagonal(dim1=-2, dim2=-1).mean(-1).abs().clamp_min(torch.finfo(matrix.dtype).tiny)
-
-        def jittered(amount):
-            out = matrix.clone()
-            out.diagonal(dim1=-2, dim2=-1).add_((amount * size)[..., None])
-            return out
-
-        jitter = 10 * torch.finfo(matrix.dtype).eps
-        factor, info = torch.linalg.cholesky_ex(jittered(jitter))
-        while (info > 0).any():
-            jitter *= 10
-            if jitter > MAX_JITTER:
-                raise CholeskyError(f"the kernel matrix at site '{site}' is not positive definite even with jitter "
-                                    f"{jitter / 10:.0e} x its mean diagonal")
-            retry, retry_info = torch.linalg.cholesky_ex(jittered(jitter))
-            failed = info > 0
-            factor = torch.where(failed[..., None, None], retry, factor)
-            info = torch.where(failed, retry_info, info)
+    try:
+        with torch.no_grad():
+            factor, _ = linalg.cholesky(matrix, tenfold(10 * torch.finfo(matrix.dtype).eps, MAX_JITTER))
+    except NotPositiveDefinite as e:
+        raise CholeskyError(
+            f"the kernel matrix at site '{site}' holds non-finite values (an exponential kernel overflows when "
+            f"q.k / lengthscale^2 passes ~88 in float32)" if e.jitter is None else
+            f"the kernel matrix at site '{site}' is not positive definite even with jitter {e.jitter:.0e} x its "
+            f"mean diagonal") from None
     return _CholeskyGrad.apply(matrix, factor) if matrix.requires_grad else factor
 
 

@@ -43,6 +43,7 @@ from pyro.poutine.messenger import Messenger
 from torch.func import jacrev, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from core.linalg import NotPositiveDefinite, cholesky
 import priors
 from priors import GP
 
@@ -89,15 +90,15 @@ def regularized_kl(mean_q, cov_q, mean_p, cov_p, gamma, num_points):
 
 
 def _cholesky(a, which):
-    scale = a.diagonal().mean().abs()
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    for jitter in (0.0, *CHOLESKY_JITTER):
-        factor, info = torch.linalg.cholesky_ex(a + jitter * scale * eye)
-        if not info.any() and torch.isfinite(factor).all():
-            return factor
-    warnings.warn(f"fsvi: the {which} covariance on the context points is not positive definite even with jitter "
-                  f"{CHOLESKY_JITTER[-1]:g} x its mean variance; the KL at site '{KL_SITE}' is NaN", stacklevel=3)
-    return None
+    """The factor of ``a`` by the jitter policy (``core.linalg.cholesky``): as it is, then with ``CHOLESKY_JITTER``;
+    None, with a warning, when none works."""
+    try:
+        return cholesky(a, (0.0, *CHOLESKY_JITTER))[0]
+    except NotPositiveDefinite:
+        warnings.warn(f"fsvi: the {which} covariance on the context points is not positive definite even with "
+                      f"jitter {CHOLESKY_JITTER[-1]:g} x its mean variance; the KL at site '{KL_SITE}' is NaN",
+                      stacklevel=3)
+        return None
 
 
 def context_inputs(x, mask, num, kind, batch_points=None):
