@@ -88,12 +88,12 @@ class Option:
         if self.kind == "bool":
             return isinstance(v, bool)
         if self.kind == "str":
-            return isinstance(v, str)
+            return isinstance(v, str) and bool(v.strip())  # "" would silently mean the default (--prior '')
         if self.kind == "path":
             return isinstance(v, (str, os.PathLike)) and bool(str(v).strip())
         if self.kind == "size":
             return (isinstance(v, str) and bool(v.strip())) or (is_integer(v) and v > 0)
-        return isinstance(v, (str, list, tuple)) or is_integer(v)  # emptiness: the parser names it (zoo.study.plan)
+        return isinstance(v, (str, list, tuple, os.PathLike)) or is_integer(v)  # emptiness: zoo.study.plan names it
 
     def valid(self):
         """What is valid, as it reads after "must be" (the words of ``core.checks``)."""
@@ -107,8 +107,8 @@ class Option:
         elif self.kind == "float":
             what = self.interval()
         else:
-            what = {"bool": "true or false", "str": "a string", "path": "a path (a non-empty string or a Path)",
-                    "list": "a comma-separated string or a list",
+            what = {"bool": "true or false", "str": "a non-empty string",
+                    "path": "a path (a non-empty string or a Path)", "list": "a comma-separated string or a list",
                     "size": "a size such as 4G or 512M, or a number of bytes >= 1"}[self.kind]
         if self.repeat:
             what = f"a list of values, each {what}"

@@ -5,6 +5,7 @@ other method is looked up in the table ``inference.methods.METHODS``.
 """
 import difflib
 import inspect
+import os
 import time
 
 from .guides import GUIDES
@@ -28,12 +29,12 @@ def method_names():
 
 
 def canonical(guide):
-    """A guide or method name as registered: ``laplace-lora`` and ``laplace_lora`` (or ``kep_svgp``) are one name,
-    so either spelling of a name works; anything else is returned unchanged."""
+    """A guide or method name as registered: ``laplace-lora``, ``laplace_lora`` and ``Laplace-LoRA`` (or ``kep_svgp``)
+    are one name, so any spelling of a name works; anything else is returned unchanged."""
     if not isinstance(guide, str) or guide in GUIDES or guide in METHODS:
         return guide
     spelled = {name.replace("-", "_"): name for name in method_names()}
-    return spelled.get(guide.replace("-", "_"), guide)
+    return spelled.get(guide.replace("-", "_").lower(), guide)
 
 
 def near(guide):
@@ -65,13 +66,16 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
     ``patience`` checks without a new best and returns the best state, its step in
     ``info["validation"]["best_step"]``. ``stop_at`` ends a fit after that many steps of its
     ``steps``-long schedule: a refit on more data to the step validation chose. Names take either spelling,
-    ``laplace-lora`` or ``laplace_lora``.
+    ``laplace-lora`` or ``laplace_lora``, in any case.
     """
     guide = canonical(guide)
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise FitError(f"checkpoint must be a path (str or pathlib.Path), got {checkpoint!r}")
     check_fit(guide, seed=seed, checkpoint=checkpoint, steps=steps, lr=lr, batch_size=batch_size,
               num_particles=num_particles, kl_anneal=kl_anneal, temperature=temperature, clip_norm=clip_norm,
               checkpoint_every=checkpoint_every, progress=progress, check_every=check_every, patience=patience,
               stop_at=stop_at, early_stopping=validation is not None)
+    seed = int(seed)  # a NumPy integer is a valid seed; Pyro's and torch's seeding take a Python int
     if isinstance(guide, str) and guide in METHODS:
         svi_options = {"num_particles": num_particles, "kl_anneal": kl_anneal, "clip_norm": clip_norm}
         return fit_method(guide, model, prepared(model, data, device, seed),

@@ -156,6 +156,8 @@ def _as_draws(posterior, num_samples):
 def read_posterior(path, map_location=None):
     """What ``Posterior(**...)`` takes to rebuild the posterior saved at ``path``, on ``map_location`` (default:
     CPU): model, method, guide or draws, point, info and prototypes. Never runs code from the file."""
+    if isinstance(map_location, torch.device):  # what torch.load takes, so taken here too
+        map_location = str(map_location)
     LOAD.check({"path": path, "map_location": map_location}, PosteriorFileError)
     device = check_device(map_location if map_location is not None else "cpu", PosteriorFileError, "map_location")
     obj = POSTERIOR.check(read(path, "posterior", map_location="cpu"), path, PosteriorFileError)

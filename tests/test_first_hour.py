@@ -22,8 +22,11 @@ import inference
 import priors
 from inference import Posterior, degeneracy
 from inference.persist import PosteriorFileError
+from zoo.models.lora import parse_adapter
 from zoo import TransformerClassifier, cli
 from zoo.data import load_file
+from zoo.pretrain import pretrain
+from zoo.study import run_study
 from zoo.runs import LOCK, RunFolder, RunFolderError, RunLock
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds waiting
@@ -52,6 +55,11 @@ def files(tmp_path_factory):
     (d / "shadowed.json").write_text(json.dumps({"*": "gaussian", "head.*": "student-t:df=3"}))
     (d / "twice.json").write_text('{"head.*": "laplace", "head.*": "gaussian", "*": "gaussian"}')
     (d / "a_file").write_text("not a folder")
+    (d / "no_label.csv").write_text(text.replace("\n1,", "\n,", 1))  # the second row's label left blank
+    (d / "numbered_header.csv").write_text("label," + ",".join(map(str, range(1, 9))) + "\n" + text)
+    np.savez(d / "empty_label.npz", X=x, y=np.array(["a", ""] * 15))
+    np.savez(d / "one_per_class.npz", X=x[:2], y=y[:2], X_test=x[2:4], y_test=y[2:4])
+    np.savez(d / "constant.npz", X=np.ones((30, 8)), y=y)
     return d
 
 
@@ -125,6 +133,15 @@ CLI = [  # (what, argv: {d} = the files above, words the one line must hold)
     ("diagnose a file", ["diagnose", "{d}/a_file"], ["a_file", "file"]),
     ("diagnose a folder without a run", ["diagnose", "{d}"], ["posterior.nc"]),
     ("unknown command", ["fitt"], ["'fitt'", "fit"]),
+    ("CSV row without a label", ["fit", "--data", "{d}/no_label.csv"], ["no_label.csv", "row 2", "no label"]),
+    ("study seed beyond the seed range", ["study", "--seeds", "0,4294967296", "--methods", "map", "--out", "{d}/s"],
+     ["--seeds", "'4294967296'", "4294967295"]),
+    ("study of one training series per class", ["study", "--datasets", "{d}/one_per_class.npz", "--methods", "map",
+                                                "--out", "{d}/s"], ["one_per_class.npz", "validation"]),
+    ("pretrain onto a device this machine lacks", ["pretrain", "--exclude", "ItalyPowerDemand", "--out", "{d}/b",
+                                                   "--device", "cuda:7"], ["--device", "cuda:7"]),
+    ("pretrain heads that do not divide the width", ["pretrain", "--exclude", "ItalyPowerDemand", "--out", "{d}/b",
+                                                     "--d-model", "10", "--heads", "4"], ["d_model=10", "heads=4"]),
 ]
 
 
@@ -270,6 +287,14 @@ API = [  # (what, call(c) with c.files, c.tmp, c.fitted; exception type name; wo
     ("data file None", lambda c: load_file(None), "DataError", ["data file", "None"]),
     ("CSV in UTF-16", lambda c: load_file(c.files / "utf16.csv"), "DataError", ["utf16.csv", "UTF-8"]),
     ("prior draws zero", lambda c: inference.prior_predictive(tiny(), X, 0), "CheckError", ["num_samples", "0"]),
+    ("empty label in an npz", lambda c: load_file(c.files / "empty_label.npz"), "DataError", ["y[1]", "empty label"]),
+    ("pretrain names given as numbers", lambda c: pretrain(c.tmp / "b", [1]), "BackboneError", ["exclude", "1"]),
+    ("study seeds beyond the seed range", lambda c: run_study(c.tmp / "s", seeds=[2 ** 32], methods="map"),
+     "StudyError", ["--seeds", "4294967296"]),
+    ("integer series for a real-valued model", quick(data=(toy()[0].long(), toy()[1])), "InputShapeError",
+     ["int64", "real values"]),
+    ("an adapter key given twice", lambda c: parse_adapter("lora:rank=4,rank=5"), "ModelError", ["rank", "twice"]),
+    ("a checkpoint path as bytes", quick(checkpoint=b"c.pt"), "FitError", ["checkpoint", "path", "b'c.pt'"]),
 ]
 
 
@@ -302,6 +327,47 @@ def test_a_byte_order_mark_is_not_part_of_the_first_label(files):
     plain, marked = load_file(files / "good.csv"), load_file(files / "bom.csv")
     assert marked.classes == plain.classes == [0, 1]
     assert torch.equal(marked.train.x, plain.train.x)
+
+
+def test_a_misspelled_test_array_is_named_not_passed_over(tmp_path):
+    x, y = np.zeros((30, 8)), np.arange(30) % 2
+    np.savez(tmp_path / "d.npz", X=x, y=y, Xtest=x[:6], ytest=y[:6])
+    with pytest.warns(UserWarning, match="Xtest, ytest are not read"):
+        load_file(tmp_path / "d.npz")
+
+
+def test_a_csv_header_that_numbers_its_columns_is_not_a_class(files):
+    assert load_file(files / "numbered_header.csv").classes == load_file(files / "good.csv").classes == [0, 1]
+
+
+def test_a_numpy_seed_and_a_guide_name_in_capitals_fit_as_their_python_spellings():
+    same = [inference.fit(tiny(), toy(), guide=guide, steps=2, seed=seed, progress=False).predict(toy()[0], 2)
+            for guide, seed in (("map", 3), ("MAP", np.uint32(3)))]
+    assert torch.equal(*same)
+    assert parse_adapter("lora:rank=99999999999999999999999").rank == 99999999999999999999999  # exact, not a float
+
+
+def test_numpy_numbers_paths_and_torch_devices_are_taken_where_python_ones_are(fitted, tmp_path):
+    from zoo.pretrain import checked_request
+    from zoo.study.plan import parse_list
+
+    exclude, o, seed = checked_request(tmp_path / "b", "GunPoint, ArrowHead", np.int64(1), None,
+                                       {"batch_size": np.int64(2), "lr": np.float32(0.5)})
+    assert exclude == ["GunPoint", "ArrowHead"] and (seed, o["batch_size"], o["lr"]) == (1, 2, 0.5)
+    assert [type(v) for v in (seed, o["batch_size"], o["lr"])] == [int, int, float]  # json and torch take them
+    assert parse_list(np.int64(3), "--seeds") == ["3"] and parse_list(Path("a.npz"), "--datasets") == ["a.npz"]
+    path = fitted["map"].save(tmp_path / "p.pt")
+    assert Posterior.load(path, map_location=torch.device("cpu")).method == "map"
+
+
+def test_a_warning_is_one_line_naming_the_verb(files, tmp_path):
+    """In a process of its own: pytest records warnings instead of printing them."""
+    argv = ["fit", *TINY, "--guide", "map", "--steps", "1", "--data", files / "constant.npz", "--out", tmp_path / "r"]
+    done = subprocess.run([sys.executable, "-m", "zoo.cli", *map(str, argv)], cwd=ROOT, capture_output=True, text=True)
+    lines = done.stderr.splitlines()
+    warned = [line for line in lines if "zero variance" in line]
+    assert done.returncode == 0 and len(warned) == 1 and warned[0].startswith("bzoo fit: warning: data file"), lines
+    assert not any("UserWarning" in line or "return build(" in line for line in lines), lines
 
 
 def test_numpy_arrays_and_float64_data_fit_a_float32_model():

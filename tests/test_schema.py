@@ -58,6 +58,8 @@ def bad_values(option):
         cases.append(("text", "yes", None))
     if option.kind in ("str", "path") and option.choices is None:
         cases.append(("number", 3, None))
+    if option.kind == "str" and option.choices is None:
+        cases.append(("empty text", "", ""))  # not the default in disguise (--prior '')
     if option.kind == "path":
         cases.append(("empty path", "", ""))
     if option.kind == "list":

@@ -8,11 +8,12 @@ is imported, and command modules import the library inside ``run``, so ``bzoo --
 answer at once, without torch. A new verb is a line here, a schema there and a module.
 
 User errors (``UserError``, the library's ValueError subclasses, files that cannot be read or written) print one
-line and exit 2, a diverged fit (NonFiniteError) exits 1; ``--debug`` shows the traceback.
+line and exit 2, a diverged fit (NonFiniteError) exits 1; warnings are one line too; ``--debug`` shows the traceback.
 """
 import argparse
 import importlib
 import sys
+import warnings
 
 from zoo import options
 
@@ -86,6 +87,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     verb = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser([verb] if verb in COMMANDS else []).parse_args(argv)
+    plain = warnings.formatwarning
+    if not args.debug:  # a warning reads like an error: one line naming the verb, without a source line
+        warnings.formatwarning = lambda message, *_, **__: f"bzoo {args.command}: warning: {first_line(message)}\n"
     try:
         check(args)
         return args.run(args) or 0
@@ -108,6 +112,8 @@ def main(argv=None):
         print(f"bzoo {args.command}: error: out of memory (try fewer --num-samples, a smaller model or "
               f"--batch-size)", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = plain
 
 
 def check(args):

@@ -11,6 +11,8 @@ A leaf beside ``core``: it imports only ``core.schema`` and ``zoo.recipes`` (no 
 may read it and ``bzoo --help`` stays fast. What needs torch or the data to check (a device this
 machine has, a dataset's name, a prior spec, a guide's own options) is checked where it is used.
 """
+import os
+
 from core.schema import Option, Schema, at_most, excludes, requires
 
 from . import recipes
@@ -31,7 +33,9 @@ OUT = Option("out", "path", "run folder to write, refused if it holds a run (def
              optional=True, metavar="DIR")
 OVERWRITE = Option("overwrite", "bool", "replace a run already in --out whole (files that are not the run's are kept)",
                    default=False)
-THREADS = Option("threads", "int", "CPU threads", low=1, optional=True)
+CORES = os.cpu_count() or 1
+THREADS = Option("threads", "int", f"CPU threads, at most {4 * CORES} (4 per core: more only wait, and "
+                 "thousands exhaust memory)", low=1, high=4 * CORES, optional=True)
 
 # --- inference.fit ----------------------------------------------------------------------------------------------
 
@@ -223,5 +227,5 @@ ADAPTER = Schema("adapter", (
 ))
 LOAD = Schema("Posterior.load", (
     Option("path", "path", "a posterior file written by Posterior.save", required=True),
-    Option("map_location", "str", "the device to load onto (default cpu)", optional=True),
+    Option("map_location", "str", "the device to load onto, a name or a torch.device (default cpu)", optional=True),
 ))

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from core.checks import check_device
+
 from .data.corpus import check_exclude, corpus
 from .folder_kinds import refuse_other_kind
 from .models.backbone import WEIGHTS, Backbone, BackboneError, write
@@ -102,7 +104,7 @@ def pretrain(out, exclude, only=None, seed=0, device=None, progress=True, **opti
     ``mask_ratio``, crop range). ``only`` keeps just the named sources (tests). Returns
     the loaded ``Backbone``.
     """
-    exclude, o = checked_request(out, exclude, seed, device, options)
+    exclude, o, seed = checked_request(out, exclude, seed, device, options)
     started, cpu_started, load_started = time.perf_counter(), time.process_time(), os.getloadavg()
     sources, removed = corpus(exclude, only=only)
     windows = Windows(sources, o["length"], o["min_crop"], o["max_crop"])
@@ -131,20 +133,30 @@ def pretrain(out, exclude, only=None, seed=0, device=None, progress=True, **opti
 
 
 def checked_request(out, exclude, seed, device, options):
-    """(the excluded names, the options over ``DEFAULTS``), every one checked, and ``out`` free, before any work."""
+    """(the excluded names, the options over ``DEFAULTS`` and the seed, as plain Python numbers), every one checked,
+    and ``out`` free, before any work."""
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise BackboneError(f"unknown pretraining option '{sorted(unknown)[0]}'; valid: {', '.join(DEFAULTS)}")
     o = {**DEFAULTS, **options}
     PRETRAIN.check({"exclude": exclude, "out": out, "seed": seed, "device": device, **o}, BackboneError)
-    exclude = [e for e in ([exclude] if isinstance(exclude, str) else exclude) if e]  # a name, not its letters
+    o = {k: type(DEFAULTS[k])(v) for k, v in o.items()}  # numpy numbers: torch and json want Python's
+    items = exclude.split(",") if isinstance(exclude, str) else exclude  # names, not the letters of one
+    bad = next((e for e in items if not isinstance(e, str)), None)
+    if bad is not None:
+        raise BackboneError(f"exclude must name datasets as strings, got {bad!r}")
+    exclude = [e.strip() for e in items if e.strip()]
     if not exclude:
         raise BackboneError("--exclude names no dataset: a backbone must leave out the dataset it will be tuned on")
     check_exclude(exclude)
     if o["length"] % o["patch"]:
         raise BackboneError(f"length {o['length']} is not a whole number of patches of {o['patch']} steps")
+    if o["d_model"] % o["heads"]:
+        raise BackboneError(f"d_model={o['d_model']} is not divisible by heads={o['heads']}")
+    if device is not None:
+        check_device(device, BackboneError, "--device")
     _refuse_existing(out)
-    return exclude, o
+    return exclude, o, int(seed)
 
 
 def train(net, windows, o, seed, device, progress):

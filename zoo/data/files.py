@@ -1,5 +1,6 @@
 """A user's own data: ``.npz`` or ``.csv`` files read into a ``Dataset``, every problem a DataError naming the file."""
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,9 @@ def load_file(path, test_fraction=0.3, seed=0):
     ``.npz``: ``X`` [N, T, C] or [N, T] (floats; integers mean tokens) and ``y`` [N],
     optionally ``X_test`` and ``y_test``. ``.csv``: one row per series, the label in
     the first column and the T values after it (rows may differ in length: shorter
-    ones are masked); a first row whose values are not numbers is a header and is
-    skipped. Labels: when every label (of y and y_test together) is a number, however
+    ones are masked); a first row whose values are not numbers, or whose label alone is
+    not (every other label being one), is a header and is skipped; an empty label is
+    refused. Labels: when every label (of y and y_test together) is a number, however
     written (1, 1.0, "1.0", "1e0"), equal numbers are one class, and they must be whole
     and >= 0; otherwise every label is a string compared as written, so "1" and "1.0"
     beside "cat" are two classes. Either way they map to 0..K-1 in sorted order
@@ -102,6 +104,10 @@ def _read_npz(path):
     if missing:
         raise DataError(f"data file '{path}' has no array '{missing[0]}'; found {sorted(arrays) or 'none'} "
                         f"(need X [N, T, C] or [N, T] and y [N], optionally X_test and y_test)")
+    unread = sorted(set(arrays) - {"X", "y", "X_test", "y_test"})
+    if unread:  # a misspelled X_test would otherwise pass unnoticed, the test set drawn from X instead
+        warnings.warn(f"data file '{path}': array(s) {', '.join(unread)} are not read; only X, y, X_test and "
+                      f"y_test are")
     if ("X_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"data file '{path}' has only one of X_test and y_test; give both or neither")
     return arrays["X"], arrays["y"], arrays.get("X_test"), arrays.get("y_test")
@@ -127,6 +133,8 @@ def _read_csv(path):
                             f"comma-separated (label, value1, value2, ...)")
     if rows and not all(_is_number(c) for c in rows[0][1][1:] if c.strip()):
         rows = rows[1:]  # a header
+    elif len(rows) > 1 and not _is_number(rows[0][1][0]) and all(_is_number(r[0]) for _, r in rows[1:]):
+        rows = rows[1:]  # a header naming its columns by number ("label,1,2,3"): its label is no class
     labels, series = [], []
     for line, row in rows:
         values = [c.strip() for c in row[1:]]
@@ -137,6 +145,8 @@ def _read_csv(path):
         bad = next((j for j, c in enumerate(values) if not _is_number(c)), None)
         if bad is not None:
             raise DataError(f"data file '{path}': row {line}, value {bad + 1} is '{values[bad]}', not a number")
+        if not row[0].strip():
+            raise DataError(f"data file '{path}': row {line} has no label (its first value is empty)")
         labels.append(row[0].strip())
         series.append(np.array(values, dtype=np.float64)[:, None])
     if not series:
@@ -201,6 +211,10 @@ def _labels(where, labelled):
     and labels beyond int64 are refused, naming the first.
     """
     if not all(y.dtype.kind in "iuf" or all(_is_number(v) for v in y.tolist()) for y, _ in labelled):
+        for y, place in labelled:
+            empty = next((i for i, v in enumerate(y.tolist()) if not str(v).strip()), None)
+            if empty is not None:
+                raise DataError(f"{where}: {place(empty)} holds an empty label; every example needs one")
         return [y.astype(str) for y, _ in labelled]
     out = []
     for y, place in labelled:

@@ -70,20 +70,23 @@ def parse_adapter(spec):
     if kind not in KINDS:
         raise ModelError(f"--adapter '{spec}': unknown adapter '{kind}'; valid: "
                          f"lora[:rank=R,alpha=A,targets=GLOB], full")
-    out = AdapterSpec(kind)
+    out, seen = AdapterSpec(kind), set()
     for item in filter(None, (a.strip() for a in args.split(","))):
         key, eq, value = (t.strip() for t in item.partition("="))
         if not eq or kind == "full" or key not in ("rank", "alpha", "targets"):
             raise ModelError(f"--adapter '{spec}': unexpected '{item}'; lora takes rank=R, alpha=A, targets=GLOB "
                              f"and full takes nothing")
+        if key in seen:
+            raise ModelError(f"--adapter '{spec}': {key} is given twice")
+        seen.add(key)
         if key == "targets":
             out.targets = value
             continue
         try:
-            number = float(value)
+            number = int(value) if key == "rank" and value.lstrip("+-").isdigit() else float(value)
         except ValueError:
             raise ModelError(f"--adapter '{spec}': {key} must be a number, got '{value}'") from None
-        number = int(number) if key == "rank" and number.is_integer() else number  # rank=4.0 is rank 4
+        number = int(number) if key == "rank" and float(number).is_integer() else number  # rank=4.0 is rank 4
         ADAPTER.check({key: number}, ModelError, lambda name: f"--adapter '{spec}': {name}")
         setattr(out, key, number)
     return out

@@ -189,6 +189,9 @@ class Transformer(nn.Module):
         want = "[B, T] token ids" if tokens else f"[B, T, {cfg.input_dim}]"
         if x.dim() != (2 if tokens else 3) or (not tokens and x.shape[-1] != cfg.input_dim):
             raise InputShapeError(f"input of shape {list(x.shape)} does not fit the model: expected {want}")
+        if x.is_floating_point() == tokens:
+            raise InputShapeError(f"input of dtype {str(x.dtype).replace('torch.', '')} does not fit the model: it "
+                                  f"reads {'integer token ids' if tokens else 'real values (a float tensor)'}")
         if x.shape[1] > cfg.max_len:
             raise InputShapeError(f"input of shape {list(x.shape)} has sequences of length {x.shape[1]}, longer than "
                                   f"the model's max_len={cfg.max_len}; build the model with max_len >= {x.shape[1]}")

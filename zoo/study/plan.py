@@ -8,6 +8,7 @@ a finished cell is reused exactly when everything it depends on is unchanged.
 """
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from core import schema
 
 from .. import data as zdata
 from .. import recipes, runs
-from ..options import STUDY
+from ..options import SEED, STUDY
 from ..runs import to_plain
 from .select import check_row
 
@@ -39,7 +40,7 @@ def spell(name):
 def parse_list(text, flag):
     """``"a, b"`` -> ["a", "b"] (one item alone, a number among them, is a list of one); refuses an empty list and
     duplicates, naming ``flag``."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
+    if schema.is_integer(text) or isinstance(text, (float, os.PathLike)):  # numpy ints and Paths too: one item
         text = [text]
     if not isinstance(text, str) and not hasattr(text, "__iter__"):
         raise StudyError(f"{flag} must be a comma-separated string or a list, got {type(text).__name__}")
@@ -58,8 +59,8 @@ def parse_list(text, flag):
 def parse_seeds(text):
     seeds = []
     for item in parse_list(text, "--seeds"):
-        if not re.fullmatch(r"\d+", item):
-            raise StudyError(f"--seeds: '{item}' is not a seed (an integer >= 0)")
+        if not re.fullmatch(r"\d+", item) or int(item) > SEED.high:
+            raise StudyError(f"--seeds: '{item}' is not a seed (an integer >= 0 and <= {SEED.high})")
         seeds.append(int(item))
     if len(set(seeds)) < len(seeds):
         raise StudyError(f"--seeds lists {next(s for s in seeds if seeds.count(s) > 1)} twice")
@@ -101,12 +102,16 @@ def shipped_names():
     return list(zdata.available())
 
 
-def dataset_entry(ref):
-    """``{"id", "ref", "fingerprint", "shapes"}`` of one dataset, loaded once here."""
+def dataset_entry(ref, selects=False):
+    """``{"id", "ref", "fingerprint", "shapes"}`` of one dataset, loaded once here. ``selects``: a row chooses its
+    settings on a validation split, which takes series only from classes of 2 or more (``select.validation_split``)."""
     try:
         dataset = load_dataset(ref)
     except ValueError as e:
         raise StudyError(f"--datasets: {e}") from None
+    if selects and int(torch.bincount(dataset.train.y).max()) < 2:
+        raise StudyError(f"--datasets: '{ref}' has one training series per class, too few to hold out the validation "
+                         f"split the rows select their settings on; give it more series")
     is_file = Path(ref).suffix.lower() in (".npz", ".csv")
     return {"id": slug(Path(ref).stem) if is_file else dataset.name,
             "ref": str(Path(ref).resolve()) if is_file else dataset.name,
@@ -234,7 +239,7 @@ def make_plan(datasets=None, seeds=None, methods=None, quick=False, peers=True, 
         evaluation["steps_scale"] = float(steps_scale)
     if num_samples is not None:
         evaluation["samples"] = int(num_samples)
-    entries = [dataset_entry(n) for n in names]
+    entries = [dataset_entry(n, selects=any(r.get("select") for r in rows)) for n in names]
     ids = [e["id"] for e in entries]
     for i in ids:
         if ids.count(i) > 1:
