@@ -34,7 +34,9 @@ test: install
 sweep-report: install
 	$(BIN)/bzoo study --report-only --out results/sweep
 	$(BIN)/bzoo study --report-only --out results/main
-	$(BIN)/python -m zoo.study.pages results/sweep docs results/main
+	$(BIN)/bzoo study --report-only --out results/near-ood
+	$(BIN)/bzoo study --report-only --out results/reference-arm
+	$(BIN)/python -m zoo.study.pages results/sweep docs results/main results/near-ood results/reference-arm
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow

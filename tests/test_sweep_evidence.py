@@ -3,6 +3,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from zoo.study.folder import StudyFolder
 from zoo.study.pages import budget_block, claims_block, paired_wins, status_block
 from zoo.study.run import plan_of_folder, read_cells
@@ -75,3 +77,19 @@ def test_the_budget_block_counts_the_pairs_two_budgets_order_alike():
     block = budget_block(main, results({"a": 0.1, "b": 0.3, "c": 0.2, "d": 0.0}, 0.25))  # b, c swap; d not in main
     assert "order 2 of the 3 pairs of rows alike" in block and "| d |" not in block
     assert "| c | 0.300 | 0.200 | 3 | 2 |" in block
+
+
+ARMS = [ROOT / "results" / name for name in ("near-ood", "reference-arm")]
+
+
+@pytest.mark.parametrize("arm", ARMS, ids=lambda p: p.name)
+def test_each_committed_arm_has_its_report_as_a_docs_page(arm, tmp_path):
+    from zoo.study.run import report_finished
+
+    if not arm.is_dir():
+        pytest.skip(f"{arm.name} has no committed cells yet")
+    copy = tmp_path / arm.name
+    shutil.copytree(arm, copy)
+    report_finished(plan_of_folder(copy), copy)
+    assert (copy / "results.md").read_text() == (ROOT / "docs" / f"{arm.name}.md").read_text(), \
+        f"docs/{arm.name}.md is stale: run `make sweep-report`"

@@ -4,7 +4,8 @@
 top of ``docs/results.md`` (between ``BEGIN`` and ``END``): cells finished and missing, and the missing cells'
 estimated CPU hours, until nothing is missing; and the block of the seed's claims counted from the cells
 (``claims_block``). With the main job's committed study, the block of docs/study.md that puts its budget beside the sweep's
-(``budget_block``). ``make sweep-report`` runs it; a test checks the pages are current.
+(``budget_block``), and the reports of the committed arms (near-OOD, reference) as pages of their own.
+``make sweep-report`` runs it; a test checks the pages are current.
 """
 import json
 from pathlib import Path
@@ -104,11 +105,13 @@ def replace_block(text, begin, end, block):
     return f"{title}\n\n{block}\n{body}"
 
 
-def write_pages(sweep, docs, main=None):
+def write_pages(sweep, docs, main=None, arms=()):
     """Copy ``sweep``'s results.md to ``docs/sweep.md``, refresh the status and claims blocks of ``docs/results.md``
-    and, given the main job's committed study ``main``, the budget block of ``docs/study.md``."""
-    sweep, docs = Path(sweep), Path(docs)
-    for folder in [sweep] + ([Path(main)] if main else []):
+    and, given the main job's committed study ``main``, the budget block of ``docs/study.md``; each committed arm
+    folder of ``arms`` (``results/near-ood``, ``results/reference-arm``) has its report copied to
+    ``docs/<folder name>.md``."""
+    sweep, docs, arms = Path(sweep), Path(docs), [Path(a) for a in arms]
+    for folder in [sweep, *arms] + ([Path(main)] if main else []):
         if not (folder / "results.json").is_file():
             raise SystemExit(f"'{folder}' holds no report: run `bzoo study --report-only --out {folder}` first")
     (docs / "sweep.md").write_text((sweep / "results.md").read_text())
@@ -116,6 +119,8 @@ def write_pages(sweep, docs, main=None):
     results = json.loads((sweep / "results.json").read_text())
     text = replace_block(page.read_text(), CLAIMS_BEGIN, CLAIMS_END, claims_block(results))
     page.write_text(replace_block(text, BEGIN, END, status_block(results)))
+    for arm in arms:
+        (docs / f"{arm.name}.md").write_text((arm / "results.md").read_text())
     if main:
         study = docs / "study.md"
         block = budget_block(json.loads((Path(main) / "results.json").read_text()), results)
@@ -125,4 +130,4 @@ def write_pages(sweep, docs, main=None):
 if __name__ == "__main__":
     import sys
 
-    write_pages(*sys.argv[1:4])
+    write_pages(*sys.argv[1:4], arms=sys.argv[4:])
