@@ -1,7 +1,8 @@
 """``inference.fit``: one entry point for every method, returning a Posterior.
 
-It dispatches on the name: an SVI guide of ``inference.guides.GUIDES`` is fitted by ``inference.svi.fit_svi``, any
-other method is looked up in the table ``inference.methods.METHODS``.
+It dispatches on the name: an SVI guide of ``inference.guides.GUIDES`` is fitted by
+``inference.svi.fit_svi_checked`` (its checks run once, in ``check_fit``), any other method is looked up in the
+table ``inference.methods.METHODS``.
 """
 import difflib
 import inspect
@@ -10,7 +11,7 @@ import time
 
 from .guides import GUIDES
 from .methods import METHODS
-from .svi import FitError, check_options, check_svi, fit_svi, prepared
+from .svi import FitError, check_options, check_svi, fit_svi_checked, prepared
 
 
 def register_method(name):
@@ -81,11 +82,12 @@ def fit(model, data, guide="mean_field", steps=1000, lr=1e-2, batch_size=None, n
         return fit_method(guide, model, prepared(model, data, device, seed),
                           {**(guide_options or {}), **method_options}, svi_options, steps=steps, lr=lr,
                           batch_size=batch_size, temperature=temperature, seed=seed, progress=progress)
-    return fit_svi(model, data, guide, steps=steps, lr=lr, batch_size=batch_size, num_particles=num_particles,
-                   kl_anneal=kl_anneal, temperature=temperature, clip_norm=clip_norm, seed=seed, device=device,
-                   progress=progress, guide_options=guide_options, checkpoint=checkpoint,
-                   checkpoint_every=checkpoint_every, validation=validation, check_every=check_every,
-                   patience=patience, stop_at=stop_at, **method_options)
+    return fit_svi_checked(model, data, guide, steps=steps, lr=lr, batch_size=batch_size,
+                           num_particles=num_particles, kl_anneal=kl_anneal, temperature=temperature,
+                           clip_norm=clip_norm, seed=seed, device=device, progress=progress,
+                           guide_options=guide_options, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                           validation=validation, check_every=check_every, patience=patience, stop_at=stop_at,
+                           **method_options)
 
 
 def fit_method(guide, model, data, options, svi_options, **common):

@@ -45,6 +45,14 @@ def fit_svi(model, data, guide="map", steps=1000, lr=1e-2, batch_size=None, num_
                    progress=progress, check_every=check_every, patience=patience, stop_at=stop_at)
     check_options(seed=seed, **options)
     check_svi(guide, checkpoint=checkpoint, early_stopping=validation is not None, **options)
+    return fit_svi_checked(model, data, guide, seed=seed, device=device, guide_options=guide_options,
+                           checkpoint=checkpoint, validation=validation, **options, **unknown)
+
+
+def fit_svi_checked(model, data, guide, steps, lr, batch_size, num_particles, kl_anneal, temperature, clip_norm,
+                    seed, device, progress, guide_options, checkpoint, checkpoint_every, validation, check_every,
+                    patience, stop_at, **unknown):
+    """``fit_svi`` after its option checks: for ``inference.fit``, whose ``check_fit`` ran the same checks."""
     x, y, mask = prepared(model, data, device, seed)
     if unknown:
         raise FitError(f"unknown option(s) for guide '{guide}': {', '.join(unknown)}")
