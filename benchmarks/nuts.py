@@ -16,6 +16,8 @@ from inference import evaluate, fit, function_space, weight_space
 from zoo import TransformerClassifier, recipes
 from zoo.data import load
 
+from .array_port import port
+
 # The model and NUTS settings are the reference row's (zoo/recipes.py): 602 Bayesian weights on ItalyPowerDemand;
 # the chains are the four long ones measured in docs/reference.md (the reference itself runs many short ones).
 REFERENCE = {**recipes.MODEL, **recipes.REFERENCE["model"]}
@@ -105,32 +107,12 @@ def report(name, post, data, wall, cpu):
 
 
 def jax_forward(model, x):
-    """The zoo transformer's forward pass in JAX: params (name -> array) -> logits, on inputs ``x``."""
+    """The zoo network's forward pass in JAX, params -> logits on the torch inputs ``x``: generated from the torch
+    network by ``benchmarks.array_port``, so the NumPyro run computes what the Pyro run does."""
     import jax
     import jax.numpy as jnp
 
-    cfg = model.cfg
-    pos = jnp.asarray(model.net.pos[: x.shape[1]].cpu().numpy())
-
-    def ln(h, w, b):
-        mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
-        return (h - mu) / jnp.sqrt(var + 1e-5) * w + b
-
-    def forward(p):
-        lin = lambda h, name: h @ p[name + ".weight"].T + p[name + ".bias"]  # noqa: E731
-        h = lin(x, "embed") + pos
-        b_, t, d = h.shape
-        for i in range(cfg.depth):
-            a = f"blocks.{i}."
-            q, k, v = jnp.split(lin(ln(h, p[a + "ln1.weight"], p[a + "ln1.bias"]), a + "attn.qkv"), 3, axis=-1)
-            q, k, v = (z.reshape(b_, t, cfg.heads, d // cfg.heads).transpose(0, 2, 1, 3) for z in (q, k, v))
-            att = jax.nn.softmax(q @ k.transpose(0, 1, 3, 2) / jnp.sqrt(d // cfg.heads), axis=-1) @ v
-            h = h + lin(att.transpose(0, 2, 1, 3).reshape(b_, t, d), a + "attn.proj")
-            m = jax.nn.gelu(lin(ln(h, p[a + "ln2.weight"], p[a + "ln2.bias"]), a + "mlp.fc"), approximate=False)
-            h = h + lin(m, a + "mlp.proj")
-        h = ln(h.mean(1), p["ln_f.weight"], p["ln_f.bias"])
-        return lin(h, "head")
-    return forward
+    return port(model.net, x, jnp, jax.scipy.special.erf)
 
 
 def numpyro_run(model, data, args):
@@ -149,10 +131,9 @@ def numpyro_run(model, data, args):
         raise ValueError("the NumPyro port supports the isotropic gaussian prior only")
     scale = model.prior.scale
     fixed = {n: jnp.asarray(p.detach().cpu().numpy()) for n, p in model.net.named_parameters() if n not in model.sites}
-    x = jnp.asarray(data.train.x.numpy())
     y = jnp.asarray(data.train.y.numpy())
 
-    forward = jax_forward(model, x)
+    forward = jax_forward(model, data.train.x)
 
     def jmodel():
         p = dict(fixed)

@@ -118,18 +118,6 @@ def test_tempered_nuts_matches_the_tempered_conjugate_posterior():
     assert torch.allclose(w.var(0), cov.diagonal(), rtol=5 * math.sqrt(2 / ess))
 
 
-def test_the_numpyro_comparison_runs_the_same_network():
-    """benchmarks/nuts.py times NumPyro on a JAX port of the transformer; it must compute the same logits."""
-    jnp = pytest.importorskip("jax.numpy")
-    from benchmarks.nuts import jax_forward
-    torch.manual_seed(0)
-    model = TransformerClassifier(2, input_dim=1, d_model=4, depth=2, heads=2, max_len=8)
-    x = torch.randn(5, 8, 1)
-    params = {n: v.detach() + 0.3 * torch.randn_like(v) for n, v in model.net.named_parameters()}
-    logits = jax_forward(model, jnp.asarray(x.numpy()))({n: jnp.asarray(v.numpy()) for n, v in params.items()})
-    assert np.allclose(np.asarray(logits), model.net(x, None, params).numpy(), atol=1e-5)
-
-
 @pytest.mark.slow
 def test_chains_in_worker_processes_match_chains_run_in_turn():
     """``workers=2`` runs each chain in its own process with the same seeds: the same draws as in turn."""
