@@ -10,10 +10,9 @@ import copy
 
 import pyro.distributions as dist
 import torch
-from tqdm.auto import tqdm
 
 from core.tensors import minibatches
-from core.training import adam_cosine
+from core.training import minimize
 
 from .svi import FitError, fit_svi, kl_weight
 from .posterior import Posterior
@@ -109,17 +108,14 @@ def fit_members_together(model, data, starts, steps, lr, batch_size, temperature
     x, y, mask = data
     net, n, s = model.net, x.shape[0], len(starts)
     params = {k: torch.stack([start[k] for start in starts]).requires_grad_() for k in starts[0]}
-    optim, schedule = adam_cosine(params.values(), lr, steps)  # sites (the MAP guide's values) and point parameters
     priors = {k: model.priors[k](site) for k, site in model.sites.items()}
     randomness = "different" if net.cfg.dropout else "error"
 
     def logits(p, xb, mb):
         return functional_call(net, p, (xb, mb))
     own = vmap(logits, in_dims=(0, 0, None if mask is None else 0), randomness=randomness)
-    streams = [minibatches(n, batch_size, steps, torch.Generator().manual_seed(seed + k)) for k in range(s)]
-    net.train()
-    bar = tqdm(zip(*streams), total=steps, desc=f"fit ensemble of {s} (batched)", disable=not progress, leave=False)
-    for step, idx in enumerate(bar):
+
+    def loss(step, idx):
         if idx[0] is None:  # one batch for all: the network's own leading sample dim (SDPA then sees one batch)
             out, yb, scale = net(x, mask, params), y.expand(s, n), 1.0
         else:  # each member its own minibatch: vmap over members
@@ -127,11 +123,10 @@ def fit_members_together(model, data, starts, steps, lr, batch_size, temperature
             out, yb, scale = own(params, x[idx], None if mask is None else mask[idx]), y[idx], n / idx.shape[1]
         loglik = scale * dist.Categorical(logits=out).log_prob(yb).sum()
         logprior = sum(prior.log_prob(params[k]).sum() for k, prior in priors.items())
-        loss = -loglik / temperature - kl_weight(step, kl_anneal) * logprior
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        schedule.step()
+        return -loglik / temperature - kl_weight(step, kl_anneal) * logprior
+    streams = [minibatches(n, batch_size, steps, torch.Generator().manual_seed(seed + k)) for k in range(s)]
+    net.train()  # one Adam over the sites (the MAP guide's values) and the point parameters of every member
+    minimize(loss, params.values(), lr, steps, zip(*streams), progress, f"fit ensemble of {s} (batched)")
     net.eval()
     with torch.no_grad():  # member 0 is the model itself, as in the loop: its point parameters end trained
         for k, p in model.net.named_parameters():

@@ -26,15 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch.func import jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from tqdm.auto import tqdm
 
 from core.tensors import minibatches
-from core.training import adam_cosine
+from core.training import minimize
 
 from .svi import FitError, kl_weight
 from .guides.fsvi import CONTEXTS, context_inputs, function_prior
 from .lanczos import top_eigenpairs
 from .posterior import Posterior
+from .site_vectors import flatten, unflatten
 
 CONTEXT_POINTS = 32  # context points per MAP step and for the curvature
 BATCH_POINTS = 128  # training inputs that join the curvature's context points
@@ -111,11 +111,9 @@ class SiteFunction:
     def __init__(self, net, values):
         self.net, self.names = net, list(values)
         self.shapes = [values[n].shape for n in self.names]
-        self.sizes = [values[n].numel() for n in self.names]
 
     def unflatten(self, theta):
-        return {n: t.reshape(*theta.shape[:-1], *s)
-                for n, t, s in zip(self.names, theta.split(self.sizes, -1), self.shapes)}
+        return unflatten(theta, self.names, self.shapes)
 
     def __call__(self, theta, x, mask):
         return self.net(x, mask, self.unflatten(theta))
@@ -135,22 +133,18 @@ def train_map(model, prior, data, steps, lr, batch_size, temperature, kl_anneal,
     x, y, mask = data
     values = {n: v.detach().clone().requires_grad_(True) for n, v in model.initial_values().items()}
     trained = [*values.values(), *(p for p in model.net.parameters() if p.requires_grad)]
-    optim, schedule = adam_cosine(trained, lr, steps)
-    n, losses = x.shape[0], []
-    batches = minibatches(n, batch_size, steps, torch.Generator().manual_seed(seed))
-    model.train()
-    for step, idx in enumerate(tqdm(batches, total=steps, desc="fit fsp-laplace", disable=not progress, leave=False)):
+    n = x.shape[0]
+
+    def loss(step, idx):
         xb, yb, mb = (x, y, mask) if idx is None else (x[idx], y[idx], None if mask is None else mask[idx])
         nll = F.cross_entropy(model.net(xb, mb, values), yb, reduction="sum") * (n / xb.shape[0]) / temperature
         xc, mc = context_inputs(xb, mb, context_points, context, 0)
-        loss = nll + kl_weight(step, kl_anneal) * rkhs_norm(prior, model.net(xc, mc, values), xc, mc)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        schedule.step()
-        losses.append(loss.item() / n)
+        return nll + kl_weight(step, kl_anneal) * rkhs_norm(prior, model.net(xc, mc, values), xc, mc)
+    model.train()
+    losses = minimize(loss, trained, lr, steps, minibatches(n, batch_size, steps, torch.Generator().manual_seed(seed)),
+                      progress, "fit fsp-laplace")
     model.eval()
-    return {n: v.detach() for n, v in values.items()}, losses
+    return {n: v.detach() for n, v in values.items()}, [value / n for value in losses]
 
 
 def check_options(model, prior, context_points, batch_points, context, lanczos_steps, num_draws):
@@ -188,15 +182,15 @@ def fit_fsp_laplace(model, data, *, steps=1000, lr=1e-2, batch_size=None, temper
     values, losses = train_map(model, gp, data, steps, lr, batch_size, temperature, kl_anneal, seed, progress,
                                context_points, context)
     fn = SiteFunction(model.net, values)
-    theta = torch.cat([v.reshape(-1) for v in values.values()])
+    theta = flatten(values)
     xc, mc = context_inputs(x, mask, context_points, context, batch_points)
     generator = torch.Generator().manual_seed(seed)
     columns, found = covariance_columns(fn, theta, xc, mc, gp.gram(xc.double(), mc), x, mask, temperature,
                                         lanczos_steps, generator)
     z = torch.randn(num_draws, columns.shape[1], dtype=torch.float64, generator=generator).to(theta.device)
     draws = fn.unflatten(theta + (z @ columns.T).to(theta.dtype))
-    info = {**found, "linearized_at": {n: v.detach() for n, v in values.items()}, "prior": gp.spec(), "context_points": context_points, "curvature_points": xc.shape[0],
-            "context": context,
+    info = {**found, "linearized_at": {n: v.detach() for n, v in values.items()}, "prior": gp.spec(),
+            "context_points": context_points, "curvature_points": xc.shape[0], "context": context,
             "num_params": theta.numel(), "temperature": temperature, "seed": seed, "map_losses": losses}
     return Posterior(model, "fsp-laplace", draws=draws, info=info, x_proto=x[:2],
                      mask_proto=None if mask is None else mask[:2])

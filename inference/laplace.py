@@ -24,6 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .svi import FitError, fit_svi
 from .mcmc.nuts import Tempered, tempered
 from .posterior import Posterior
+from .site_vectors import flatten, mode as map_mode, unflatten
 
 SUBSETS = ("auto", "all", "last-layer")
 
@@ -74,14 +75,6 @@ def prior_curvature(model, names, shapes, theta, data, init):
     return max(evals.min().item(), 1e-6 * evals.abs().max().item(), 1e-12)
 
 
-def unflatten(theta, names, shapes):
-    values, i = {}, 0
-    for name, shape in zip(names, shapes):
-        values[name] = theta[i:i + shape.numel()].reshape(shape)
-        i += shape.numel()
-    return values
-
-
 def polish(energy, theta, max_iter):
     """L-BFGS on ``energy`` from ``theta``; returns the minimizer (unchanged when max_iter is 0)."""
     theta = theta.detach().clone().requires_grad_(True)
@@ -111,7 +104,7 @@ def fit_laplace(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperatur
     x, y, mask = data
     map_post = fit_svi(model, data, guide="map", steps=steps, lr=lr, batch_size=batch_size,
                        temperature=temperature, kl_anneal=kl_anneal, seed=seed, progress=progress)
-    mode = {n: v[0] for n, v in map_post.sample(1).items()}
+    mode = map_mode(map_post)
     size = sum(v.numel() for v in mode.values())
     if subset == "auto":
         subset = "all" if size <= max_full else "last-layer"
@@ -129,7 +122,7 @@ def fit_laplace(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperatur
         return potential(unflatten(theta, names, shapes))
 
     model.eval()
-    theta = polish(energy, torch.cat([start[n].reshape(-1) for n in names]), polish_steps)
+    theta = polish(energy, flatten(start, names), polish_steps)
     with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no second derivative
         hessian = torch.autograd.functional.hessian(energy, theta, vectorize=True)
         floor = prior_curvature(target, names, shapes, theta, (x[:1], y[:1], None if mask is None else mask[:1]), mode)

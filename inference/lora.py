@@ -31,6 +31,7 @@ from core.tensors import minibatches
 
 from .svi import FitError, fit_svi
 from .posterior import Posterior
+from .site_vectors import flatten, mode, unflatten
 
 HESSIANS = ("kron", "diag", "full")
 PREDICTIVES = ("glm", "nn")
@@ -43,11 +44,6 @@ def _check_lora(model, method):
                        f"'adapters' or 'weights')")
     if method == "lora_ensemble" and not any(n.startswith("lora.") for n, _ in model.net.named_parameters()):
         raise FitError("'lora_ensemble' needs a model with LoRA adapters on a frozen backbone (a LoRAClassifier)")
-
-
-def map_values(posterior):
-    """Site name -> MAP value of a point-estimate posterior."""
-    return {n: v[0] for n, v in posterior.sample(1).items()}
 
 
 class _Packed(torch.nn.Module):
@@ -88,7 +84,8 @@ def fit_laplace_lora(model, data, *, steps=1000, lr=1e-2, batch_size=None, tempe
     try:
         from laplace import Laplace
     except ImportError:
-        raise FitError("laplace_lora needs laplace-torch: run `make peers` (it installs it beside the CPU torch)") from None
+        raise FitError("laplace_lora needs laplace-torch: run `make peers` (it installs it beside the CPU "
+                       "torch)") from None
     _check_lora(model, "laplace_lora")
     if predictive not in PREDICTIVES:
         raise FitError(f"laplace_lora: unknown predictive '{predictive}'; valid: {', '.join(PREDICTIVES)}")
@@ -100,11 +97,11 @@ def fit_laplace_lora(model, data, *, steps=1000, lr=1e-2, batch_size=None, tempe
     x, y, mask = data
     map_post = fit_svi(model, data, guide="map", steps=steps, lr=lr, batch_size=batch_size,
                        temperature=temperature, seed=seed, progress=progress)
-    values = map_values(map_post)
+    values = mode(map_post)
     la, names = laplace_torch(model, values, data, hessian, prior_structure, prior_steps, temperature, batch_size,
                               Laplace)
     samples = la.sample(num_samples, generator=torch.Generator(device=x.device).manual_seed(seed))
-    draws = unflatten(samples, names, values)
+    draws = unflatten(samples.detach(), names, [values[n].shape for n in names])
     if predictive == "glm":
         model = copy.deepcopy(model)
         model.linearize(values)
@@ -135,16 +132,6 @@ def laplace_torch(model, values, data, hessian, prior_structure, prior_steps, te
     return la, names
 
 
-def unflatten(vectors, names, like):
-    """[S, P] parameter vectors -> name -> [S, *shape], in ``names`` order."""
-    draws, i = {}, 0
-    for n in names:
-        k = like[n].numel()
-        draws[n] = vectors[:, i:i + k].reshape(-1, *like[n].shape).detach()
-        i += k
-    return draws
-
-
 def fit_swag_lora(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperature=1.0, seed=0, progress=True,
                   swag_steps=300, swag_lr=1e-2, collect_every=10, max_rank=10, scale=0.5, num_samples=200):
     """MAP, then SWAG moments of the sites along constant-rate SGD (momentum 0.9) from the MAP."""
@@ -173,15 +160,16 @@ def fit_swag_lora(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperat
         loss.backward()
         optim.step()
         if (step + 1) % collect_every == 0:
-            snapshots.append(torch.cat([v.reshape(-1) for v in map_values(map_post).values()]))
+            snapshots.append(flatten(mode(map_post)))
             for k, p in others.items():
                 averages[k] += p.detach()
     model.eval()
     with torch.no_grad():
         for k, p in others.items():
             p.copy_(averages[k] / len(snapshots))
-    like = map_values(map_post)
-    draws = unflatten(swag_samples(torch.stack(snapshots), max_rank, scale, num_samples, seed), list(like), like)
+    like = mode(map_post)
+    draws = unflatten(swag_samples(torch.stack(snapshots), max_rank, scale, num_samples, seed).detach(), list(like),
+                      [v.shape for v in like.values()])
     info = {"temperature": temperature, "seed": seed, "swag_steps": swag_steps, "swag_lr": swag_lr,
             "collect_every": collect_every, "snapshots": len(snapshots), "max_rank": max_rank, "scale": scale,
             "map_losses": map_post.info["losses"]}

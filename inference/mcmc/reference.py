@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from core.training import adam_cosine
+from core.training import minimize
 
 from ..svi import FitError
 from ..posterior import Posterior
@@ -184,14 +184,8 @@ def ensemble(model, density, o):
     starts = [fresh_start(model, s) for s in member_seeds(o["seed"], o["num_members"])]
     z = density.flatten({n: torch.stack([s.get(n, density.proto[n]) for s in starts]) for n in density.shapes})
     z = z.detach().clone().requires_grad_(True)
-    optim, schedule = adam_cosine([z], o["lr"], o["steps"])
-    for _ in tqdm(range(o["steps"]), desc=f"reference ensemble: {len(starts)} MAP fits", leave=False,
-                  disable=not o["progress"]):
-        loss = -density.log_density(z).sum()
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        schedule.step()
+    minimize(lambda step, batch: -density.log_density(z).sum(), [z], o["lr"], o["steps"], progress=o["progress"],
+             desc=f"reference ensemble: {len(starts)} MAP fits")
     if not torch.isfinite(z).all():
         raise FitError(f"reference: the ensemble's MAP fits did not stay finite; lower lr={o['lr']}")
     return z.detach()
