@@ -19,13 +19,6 @@ from .posterior import Posterior
 from .guides.weight import global_sites
 
 
-def network_values(model, posterior):
-    """Every network parameter of a fitted MAP model: the site values from the posterior, the rest from the model."""
-    values = {n: p.detach() for n, p in model.net.named_parameters()}
-    values.update({n: v[0] for n, v in posterior.sample(1).items() if n in values})
-    return values
-
-
 def fresh_values(model, seed):
     """Every network parameter of a freshly initialised copy of ``model``'s network, seeded ``seed``."""
     with torch.random.fork_rng(devices=[]):
@@ -79,7 +72,7 @@ def fit_ensemble(model, data, *, steps=1000, lr=1e-2, batch_size=None, temperatu
             member = model if k == 0 else reinitialized(model, seed + k)
             posterior = fit_svi(member, data, guide="map", steps=steps, lr=lr, batch_size=batch_size,
                                 temperature=temperature, kl_anneal=kl_anneal, seed=seed + k, progress=progress)
-            members.append(network_values(member, posterior))
+            members.append(posterior.point_weights())
         draws = {n: torch.stack([m[n] for m in members]) for n in members[0]}
     return Posterior(model, "ensemble", draws=draws, info={"num_members": num_members, "seed": seed,
                                                              "temperature": temperature, "batched": batched},
@@ -147,7 +140,7 @@ def fit_mc_dropout(model, data, *, steps=1000, lr=1e-2, batch_size=None, tempera
     x, _, mask = data
     posterior = fit_svi(model, data, guide="map", steps=steps, lr=lr, batch_size=batch_size,
                         temperature=temperature, kl_anneal=kl_anneal, seed=seed, progress=progress)
-    values = network_values(model, posterior)
+    values = posterior.point_weights()
     # One weight set, repeated: the network then carries a leading sample dim and draws a mask per sample.
     draws = {n: v.expand(num_samples, *v.shape) for n, v in values.items()}
     return Posterior(model, "mc_dropout", draws=draws,

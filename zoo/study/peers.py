@@ -217,13 +217,11 @@ def fit_temperature(logits, y):
 
 def export_map(model, posterior):
     """The zoo's fitted MAP network as a plain ``PlainTransformer`` (every parameter at its MAP value), in eval mode."""
-    from inference.baselines import network_values
-
     cfg = model.net.cfg
     net = PlainTransformer(cfg.input_dim, cfg.num_classes, d_model=cfg.d_model, depth=cfg.depth, heads=cfg.heads,
                            mlp_ratio=cfg.mlp_ratio, max_len=cfg.max_len, dropout=cfg.dropout, patch=cfg.patch,
                            vocab_size=cfg.vocab_size)
-    net.load_state_dict(network_values(model, posterior))
+    net.load_state_dict(posterior.point_weights())
     return net.to(next(model.net.parameters()).device).eval()
 
 
