@@ -1,6 +1,7 @@
 """Prior modules: objects that map a sample site to a Pyro distribution."""
 from .attention import (AttentionPrior, GammaAttention, KeyDirichlet, MaskedDirichlet, MaskedGamma, MaskedWeibull,
                         SymmetricDirichlet)
+from .attention_learned import CentredDirichlet, LearnedDirichlet
 from .base import Prior, PriorError, Site
 from .cgpt import CGPConditional, CGPTPrior, SparseCGPTPrior
 from .context import AttentionRecord, CorrelatedContext, EigenContext, KernelContext, KeyContext
@@ -15,6 +16,7 @@ from .weight import Gaussian, Laplace, StudentT
 __all__ = ["Prior", "PriorError", "Site", "Gaussian", "Laplace", "StudentT",
            "HierarchicalGaussian", "Empirical", "PriorMap", "parse", "register",
            "AttentionPrior", "SymmetricDirichlet", "KeyDirichlet", "GammaAttention", "MaskedDirichlet",
-           "MaskedWeibull", "MaskedGamma", "SGPAPrior", "KEPPrior", "GPPrior", "CholeskyError", "GP",
+           "LearnedDirichlet", "CentredDirichlet", "MaskedWeibull", "MaskedGamma", "SGPAPrior", "KEPPrior", "GPPrior",
+           "CholeskyError", "GP",
            "CGPTPrior", "SparseCGPTPrior", "CGPConditional", "KeyContext", "KernelContext", "EigenContext",
            "CorrelatedContext", "AttentionRecord"]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pyro.distributions as dist
+import torch
 
 
 class PriorError(ValueError):
@@ -97,3 +98,18 @@ def resolve(path, base=None):
     """``path`` as given if absolute, else relative to ``base`` (when given): how a prior file names another."""
     path = Path(path)
     return path if base is None or path.is_absolute() else Path(base) / path
+
+
+def read_weights(file, prior, shown=None):
+    """A weights file's state dict of tensors (``bzoo fit --guide map`` writes ``weights.pt``), or a one-line
+    PriorError naming ``prior`` and the file as the user gave it (``shown``, default ``file``)."""
+    shown = file if shown is None else shown
+    if not Path(file).is_file():
+        raise PriorError(f"{prior}: weights file '{file}' does not exist")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input error
+        raise PriorError(f"{prior}: cannot read weights file '{shown}': {str(e).strip().splitlines()[0]}") from None
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise PriorError(f"{prior}: '{shown}' must hold a state dict of tensors")
+    return state

@@ -13,10 +13,13 @@ from torch.distributions import Distribution
 
 @dataclass(frozen=True)
 class KeyContext:
-    """Softmax-attention rows (Dirichlet, BAM, key-dependent priors): the layer's keys and its pair mask."""
+    """Softmax-attention rows (Dirichlet, BAM, key-dependent priors): the layer's keys and its pair mask, and where
+    a prior asks for it (``centred-dirichlet``) ``reference``: a MAP network's softmax rows for the same input and
+    layer, [B, H, T, T] (None otherwise)."""
 
     keys: torch.Tensor
     mask: Optional[torch.Tensor]
+    reference: Optional[torch.Tensor] = None
 
 
 @dataclass(frozen=True)

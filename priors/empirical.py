@@ -2,7 +2,7 @@
 import pyro.distributions as dist
 import torch
 
-from .base import Prior, PriorError, format_spec, independent, positive, resolve
+from .base import Prior, PriorError, format_spec, independent, positive, read_weights, resolve
 
 
 class Empirical(Prior):
@@ -33,15 +33,7 @@ class Empirical(Prior):
     def load(cls, path, min_scale=1e-2, base=None):
         """From a weights file; a relative ``path`` is read from ``base`` (default: the current folder) and
         kept as given, so ``spec()`` stays relative (a run folder moves whole)."""
-        file = resolve(str(path), base)
-        if not file.is_file():
-            raise PriorError(f"empirical: weights file '{file}' does not exist")
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input error
-            raise PriorError(f"empirical: cannot read weights file '{path}': {str(e).strip().splitlines()[0]}") from None
-        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-            raise PriorError(f"empirical: '{path}' must hold a state dict of tensors")
+        state = read_weights(resolve(str(path), base), cls.name, path)
         return cls.fit(state, min_scale, path=str(path))
 
     def __call__(self, site):

@@ -11,8 +11,8 @@ import torch.nn as nn
 import priors as priors_pkg
 from priors import PriorMap, Site
 
-from . import cgpt, gp_attention
-from .attention import FAMILIES, SampledAttention, site_name
+from . import attention, cgpt, gp_attention
+from .attention import FAMILIES, site_name
 from .errors import ModelError
 from .cgpt import CGPT_FAMILIES
 from .gp_attention import GP_FAMILIES
@@ -127,7 +127,7 @@ class TransformerClassifier(nn.Module):
             elif self.attention in CGPT_FAMILIES:
                 cgpt.install(self.net, self.attention, resolved)
             else:
-                self.net.attend = SampledAttention(self.attention, resolved)
+                attention.install(self.net, self.attention, resolved)
         self.declare_sites(bayesian_names(self.net, weights), prior)
 
     def declare_sites(self, names, prior):
