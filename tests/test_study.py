@@ -474,3 +474,31 @@ def test_the_near_ood_arm_holds_out_a_class_of_every_dataset_with_three_or_more(
     assert plan.config()["arm"] == "near-ood"
     with pytest.raises(StudyError, match="at least 3"):
         make_plan("GunPoint", near_ood=True, methods="map")
+
+
+def test_a_centred_row_fits_its_map_network_on_the_series_its_attention_fit_sees(monkeypatch, one_thread):
+    """``"centre": "map"``: each fit (candidate or refit) first fits MAP on the same series, and the attention prior
+    reads exactly that network's weights; validation and test series never reach it."""
+    dataset = load("ItalyPowerDemand")
+    seen = []
+    real_fit = cell_module.fit
+
+    def spy(model, data, **options):
+        seen.append((options["guide"], data.x.clone()))
+        return real_fit(model, data, **options)
+    monkeypatch.setattr(cell_module, "fit", spy)
+    row = {"label": "centred", "guide": "dirichlet", "bayes": "attention", "prior": recipes.PRIOR, "centre": "map",
+           "model": {**recipes.MODEL, **TINY}, "options": recipes.fit_options("dirichlet", steps=4),
+           "attention_prior": "centred-dirichlet:strength=0.5"}
+    evaluation = {**recipes.EVALUATION, "samples": 2, "steps_scale": 1.0}
+    part, _, _ = validation_split(dataset.train, 0, evaluation["validation_fraction"])
+    _, _, posterior = cell_module.fit_row(row, dataset, part, 0, torch.device("cpu"), evaluation)
+    assert [guide for guide, _ in seen] == ["map", "dirichlet"]
+    assert all(torch.equal(x, part.x) for _, x in seen)
+    prior = posterior.model.attention_prior
+    _, _, centre = cell_module.fit_row({"label": "map", "guide": "map", "prior": recipes.PRIOR, "model": row["model"],
+                                       "options": recipes.fit_options("map")}, dataset, part, 0,
+                                      torch.device("cpu"), evaluation)
+    weights = centre.point_weights()
+    assert set(prior.reference_weights) == set(weights)
+    assert all(torch.equal(prior.reference_weights[n], weights[n]) for n in weights)

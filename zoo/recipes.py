@@ -53,6 +53,7 @@ def fit_options(method, **overrides):
 #   bayes    where uncertainty lives (TransformerClassifier's `bayes`; default "weights")
 #   prior    the weight prior spec (default PRIOR); `attention_prior` the attention rows' prior
 #   model    model options over MODEL (e.g. {"d_model": 8}); `options` fit options over FIT[guide]
+#   centre   "map": fit a MAP network on the same series first, for an attention prior centred on its attention
 #   select   hyperparameters chosen per dataset and seed on a validation split carved from training,
 #            never on test: {key: [candidates, ...]}. A key is a fit option ("temperature", "lr",
 #            "steps", "num_members", ...), "model.<option>" ("model.dropout"), "prior" or
@@ -88,6 +89,12 @@ STUDY = [
      "select": {"guide_options": [{"free_bits": v} for v in (0.05, 0.2, 1.0)]}},
     {"label": "dirichlet attention (local KL weight)", "guide": "dirichlet", "bayes": "attention",
      "select": {"guide_options": [{"local_kl_weight": v} for v in (1e-2, 1e-3, 1e-4)]}},
+    # Two priors that move off Dirichlet(1): its concentration fitted by the ELBO (empirical Bayes), and a Dirichlet
+    # centred on the attention of a MAP network fitted first on the same series ("centre": zoo.study.cell).
+    {"label": "dirichlet attention (learned prior)", "guide": "dirichlet", "bayes": "attention",
+     "select": {"attention_prior": [f"dirichlet-eb:init={v}" for v in (0.1, 1, 10)]}},
+    {"label": "dirichlet attention (centred prior)", "guide": "dirichlet", "bayes": "attention", "centre": "map",
+     "select": {"attention_prior": [f"centred-dirichlet:strength={v}" for v in (0.01, 0.1, 1)]}},
     {"label": "bam attention", "guide": "bam", "bayes": "bam", "select": {"temperature": KL_WEIGHTS}},
     {"label": "sgpa attention", "guide": "sgpa", "bayes": "sgpa", "select": {"temperature": KL_WEIGHTS}},
     {"label": "sgpa-decoupled attention", "guide": "sgpa-decoupled", "bayes": "sgpa-decoupled",

@@ -162,7 +162,8 @@ def resolve_row(row):
     return {"label": row["label"], "guide": row["guide"], "bayes": row.get("bayes", "weights"),
             "prior": row.get("prior", recipes.PRIOR), "attention_prior": row.get("attention_prior"),
             "model": model, "options": recipes.fit_options(row["guide"], **row.get("options", {})),
-            "select": row.get("select"), **({"ranked": False} if row.get("ranked") is False else {})}
+            "select": row.get("select"), **({"ranked": False} if row.get("ranked") is False else {}),
+            **({"centre": row["centre"]} if row.get("centre") else {})}
 
 
 @dataclass
