@@ -34,9 +34,10 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
+from core.masks import masked, pair_mask, restrict, zero_padding
+
 from .base import Prior, PriorError, format_spec, positive
-from .gp_attention import (GPPrior, cholesky, kernel_matrix, lower_inverse, per_head, restrict, token_mask,
-                           whole_number)
+from .gp_attention import GPPrior, cholesky, kernel_matrix, lower_inverse, per_head, whole_number
 from .spec import register
 
 
@@ -44,19 +45,6 @@ def rbf(x1, x2):
     """k(x1, x2) = exp(-|x1 - x2|^2 / 2) for [..., H, n, d] inputs: the unit-lengthscale RBF kernel."""
     heads, dims = x1.shape[-3], x1.shape[-1]
     return kernel_matrix("ard", x1, x2, x1.new_zeros(heads, dims), x1.new_zeros(heads))
-
-
-def pair_mask(mask, rows=True, cols=True):
-    """A [..., 1, T, T] (or one-sided) mask of real entries, None without a padding mask."""
-    if mask is None:
-        return None
-    row = mask[..., None, :, None] if rows else True
-    col = mask[..., None, None, :] if cols else True
-    return row & col
-
-
-def masked(matrix, pairs):
-    return matrix if pairs is None else matrix * pairs.to(matrix.dtype)
 
 
 def scales(log_scale_q, log_scale_k):
@@ -95,7 +83,7 @@ def sparse_conditional(q, k, z, v, mask, log_scale_q, log_scale_k, noise, site):
 
 
 def _conditional(attention, b_k, v, mask, s_q, s_k, factor, sd, site):
-    v = token_mask(v, mask)
+    v = zero_padding(v, mask)
     loss = 0.5 * (s_k * (b_k @ v)).pow(2).sum((-3, -2, -1))
     return CGPConditional(s_q * s_k * (attention @ v), factor, sd, mask, loss, site)
 
@@ -113,7 +101,7 @@ class CGPConditional(dist.TorchDistribution):
     has_rsample = True
 
     def __init__(self, loc, factor, sd=None, mask=None, cgp_loss=None, site="", validate_args=False):
-        self.loc, self.factor, self.sd, self.mask, self.site = token_mask(loc, mask), factor, sd, mask, site
+        self.loc, self.factor, self.sd, self.mask, self.site = zero_padding(loc, mask), factor, sd, mask, site
         self.cgp_loss = loc.new_zeros(loc.shape[:-3]) if cgp_loss is None else cgp_loss
         super().__init__(loc.shape[:-3], loc.shape[-3:], validate_args=validate_args)
 
@@ -140,7 +128,7 @@ class CGPConditional(dist.TorchDistribution):
         noise = self.factor @ eps
         if self.sd is not None:
             noise = noise + self.sd.unsqueeze(-1) * torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
-        return token_mask(self.loc + noise, self.mask)
+        return zero_padding(self.loc + noise, self.mask)
 
     def covariance(self):
         """Dense covariance per head, [..., H, T, T] (shared by the output dimensions)."""
@@ -150,7 +138,7 @@ class CGPConditional(dist.TorchDistribution):
     def log_prob(self, value):
         """Gaussian log density over the real tokens (diagnostics; a fit uses the guide's regularizer, not this)."""
         prior = GPPrior(restrict(self.covariance(), self.mask), self.event_shape[-1], self.mask, self.site)
-        return prior.log_prob(token_mask(value - self.loc, self.mask))
+        return prior.log_prob(zero_padding(value - self.loc, self.mask))
 
 
 @register

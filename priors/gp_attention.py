@@ -28,6 +28,7 @@ from pyro.distributions import constraints
 from torch.distributions.utils import lazy_property
 
 from core import linalg
+from core.masks import restrict, zero_padding
 from core.linalg import NotPositiveDefinite, tenfold
 from .base import Prior, PriorError, format_spec, positive
 from .spec import register
@@ -134,20 +135,6 @@ def kernel_matrix(kind, x1, x2, log_lengthscale, log_scale):
     return (dots + 2 * per_head(log_scale, 0).unsqueeze(-1)).exp()  # the scale inside the exp: one pass
 
 
-def restrict(matrix, mask):
-    """The kernel matrix on the real tokens only: padding rows and columns become the identity's."""
-    if mask is None:
-        return matrix
-    real = mask[..., None, :, None] & mask[..., None, None, :]  # [..., 1, T, T]
-    eye = torch.eye(matrix.shape[-1], dtype=torch.bool, device=matrix.device)
-    return torch.where(real, matrix, (eye & ~real).to(matrix.dtype))
-
-
-def token_mask(t, mask):
-    """``t`` [..., H, T, D] with padding tokens zeroed (``t`` itself without a mask)."""
-    return t if mask is None else t * mask[..., None, :, None].to(t.dtype)
-
-
 class GPPrior(dist.TorchDistribution):
     """Independent zero-mean Gaussians N(0, K_h) over a head's real tokens, one per output dimension.
 
@@ -184,7 +171,7 @@ class GPPrior(dist.TorchDistribution):
     def rsample(self, sample_shape=torch.Size()):
         eps = torch.randn(self._extended_shape(sample_shape), dtype=self.covariance.dtype,
                           device=self.covariance.device)
-        return token_mask(self.scale_tril @ eps, self.mask)
+        return zero_padding(self.scale_tril @ eps, self.mask)
 
     def log_prob(self, value):
         z = torch.linalg.solve_triangular(self.scale_tril, value, upper=False)

@@ -13,7 +13,8 @@ import priors
 import zoo
 from inference.elbo import elbo_terms
 from inference.guides.gp import DecoupledPosterior, SGPAPosterior
-from priors.gp_attention import GPPrior, cholesky, kernel_matrix, restrict
+from core.masks import restrict
+from priors.gp_attention import GPPrior, cholesky, kernel_matrix
 from zoo import cli
 from zoo.models.gp_attention import site_name
 from padded_data import padded_batch

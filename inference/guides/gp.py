@@ -42,7 +42,8 @@ from pyro.poutine.runtime import get_plates
 from torch.distributions.utils import lazy_property
 from torch.distributions import kl_divergence, register_kl
 
-from priors.gp_attention import GPPrior, cholesky, token_mask, triangular_inverse
+from core.masks import zero_padding
+from priors.gp_attention import GPPrior, cholesky, triangular_inverse
 
 from .attention import AttentionGuide
 from .weight import _key
@@ -57,7 +58,7 @@ class GPPosterior(dist.TorchDistribution):
     share = 1.0  # this sequence's part of the global KL: 1/N inside a data plate of N sequences
 
     def __init__(self, prior, loc):
-        self.prior, self.loc = prior, token_mask(loc, prior.mask)
+        self.prior, self.loc = prior, zero_padding(loc, prior.mask)
         super().__init__(prior.batch_shape, prior.event_shape, validate_args=False)
 
     @property
@@ -108,7 +109,7 @@ class SGPAPosterior(GPPosterior):
 
     def draw(self, eps):
         """The draw that standard normal noise ``eps`` [..., H, T, D] maps to."""
-        return token_mask(self.loc + self.prior.scale_tril @ (self.log_scale.exp() * eps), self.prior.mask)
+        return zero_padding(self.loc + self.prior.scale_tril @ (self.log_scale.exp() * eps), self.prior.mask)
 
     def local_kl(self):
         a = self.log_scale
@@ -155,7 +156,7 @@ class DecoupledPosterior(GPPosterior):
         """The draw from standard normal noise ``eps`` [..., H, T, D] and ``inducing_eps`` [..., H, D, M]
         (one per batch, [..., 1, H, D, M], or one per sequence)."""
         inducing = (self.scale_tril @ inducing_eps.unsqueeze(-1)).squeeze(-1).transpose(-1, -2)  # [..., H, M, D]
-        return token_mask(self.loc + self.residual_tril @ eps + self.projection @ inducing, self.prior.mask)
+        return zero_padding(self.loc + self.residual_tril @ eps + self.projection @ inducing, self.prior.mask)
 
     def local_kl(self):
         return 0.5 * (self.values * (self.residual @ self.values)).sum((-3, -2, -1))
@@ -260,7 +261,7 @@ class SGPA(_GPGuide):
 
     def posterior(self, name, context):
         k = _key(name)
-        log_scale = token_mask(self.log_param[k] + context.keys @ self.amortize[k], context.mask)
+        log_scale = zero_padding(self.log_param[k] + context.keys @ self.amortize[k], context.mask)
         return SGPAPosterior(context.prior, context.values, log_scale)
 
 
@@ -291,7 +292,7 @@ class DecoupledSGPA(_GPGuide):
     def posterior(self, name, context):
         k, kernel = _key(name), context.kernel
         z = self.inducing_inputs[k]
-        cross = token_mask(kernel(context.keys, z), context.mask)  # K_qZ, zero rows at padding
+        cross = zero_padding(kernel(context.keys, z), context.mask)  # K_qZ, zero rows at padding
         return DecoupledPosterior(context.prior, context.values, cross, kernel(z, z), self.inducing_values[k],
                                   self.scale_tril(name), name, share_per_sequence())
 

@@ -22,6 +22,7 @@ import math
 import pyro
 import torch
 
+from core.masks import pair_mask
 from priors import AttentionRecord, KeyContext, Site
 
 from .errors import ModelError
@@ -32,11 +33,6 @@ FAMILIES = ("dirichlet", "bam")
 
 def site_name(layer):
     return f"blocks.{layer}.attn.weights"
-
-
-def pair_mask(mask):
-    """[B, 1, T, T] True where query and key are both real (None without a padding mask)."""
-    return None if mask is None else mask[:, None, :, None] & mask[:, None, None, :]
 
 
 class SampledAttention:

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from priors import AttentionRecord, EigenContext, KernelContext, Site
-from priors.gp_attention import token_mask
+from core.masks import zero_padding
 
 from .errors import ModelError
 from .layers import linear
@@ -98,7 +98,7 @@ class GPAttention:
         context = KernelContext(k, mask, log_lengthscale, log_scale)
         fn = prior(Site(name, tuple(v.shape[-3:]), k.shape[-2], "attention", context=context))
         return pyro.sample(name, fn, infer={"attention": AttentionRecord(
-            self.family, mask, prior=fn, keys=k, values=token_mask(v, mask),
+            self.family, mask, prior=fn, keys=k, values=zero_padding(v, mask),
             kernel=lambda x1, x2: prior.matrix(x1, x2, log_lengthscale, log_scale))})
 
     def kernel_eigen_pairs(self, q, k, v, mask, layer, params):
@@ -114,7 +114,7 @@ class GPAttention:
         fn = prior(Site(name, (q.shape[-3], prior.rank, prior.rank), prior.rank, "attention",
                         context=EigenContext(singular, mask))).expand(q.shape[:-3])  # [(S,) B]
         u = pyro.sample(name, fn, infer={"attention": AttentionRecord(self.family, mask, prior=fn)})
-        f = token_mask((e + r) / lam @ u.transpose(-1, -2), mask)
+        f = zero_padding((e + r) / lam @ u.transpose(-1, -2), mask)
         if prior.ksvd:
             pyro.factor(f"blocks.{layer}.attn.ksvd", -prior.ksvd * ksvd_objective(e, r, lam, we, wr, mask).pow(2))
         return linear(f, params[a + "out.weight"], params[a + "out.bias"])
@@ -146,7 +146,7 @@ def ksvd_objective(e, r, lam, we, wr, mask):
     """Per sequence, the KSVD objective the authors drive to zero: mean |e / sqrt(lambda)|^2 / 2 + mean
     |r / sqrt(lambda)|^2 / 2 - tr(mean over heads of we^T wr), means over heads and real tokens."""
     def mean_norm(s):
-        sq = token_mask((s / lam.sqrt()).pow(2), mask).sum((-3, -1))  # [..., T]
+        sq = zero_padding((s / lam.sqrt()).pow(2), mask).sum((-3, -1))  # [..., T]
         tokens = s.shape[-2] if mask is None else mask.sum(-1).to(s.dtype)
         return sq.sum(-1) / (tokens * s.shape[-3])
     trace = (we * wr).sum((-3, -2, -1)) / we.shape[-3]  # tr(we^T wr) summed over heads, then averaged

@@ -85,11 +85,3 @@ def sinusoidal_positions(max_len, d_model):
     table[:, 0::2] = torch.sin(pos * freq)
     table[:, 1::2] = torch.cos(pos * freq)[:, : d_model // 2]
     return table
-
-
-def masked_mean(h, mask):
-    """Mean over the time axis (-2) of ``h`` counting only positions where ``mask`` is True."""
-    if mask is None:
-        return h.mean(-2)
-    m = mask.to(h.dtype).unsqueeze(-1)
-    return (h * m).sum(-2) / m.sum(-2)

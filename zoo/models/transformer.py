@@ -13,7 +13,9 @@ import torch.nn.functional as F
 
 from core.checks import check, integer, number
 
-from .layers import embedding, layer_norm, linear, masked_mean, patches, sinusoidal_positions, softmax_attention
+from core.masks import masked_mean
+
+from .layers import embedding, layer_norm, linear, patches, sinusoidal_positions, softmax_attention
 
 MAX_TOKENS = 64  # the default patch keeps a series at most this many tokens, so attention sites stay small
 
