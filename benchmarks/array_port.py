@@ -6,6 +6,7 @@ torch) or ``jax.numpy`` (NumPyro's NUTS in ``benchmarks/nuts.py`` differentiates
 written twice: a change to ``Block.forward`` reaches the port on its next export, and an operator the table below
 lacks is a one-line error naming it.
 """
+import functools
 import math
 import operator
 
@@ -128,6 +129,7 @@ def port(net, x, xp=np, erf=None):
     """
     if erf is None:
         from scipy.special import erf
+    rules = {**OPS, aten.gelu.default: functools.partial(_gelu, erf=erf)}
     program = export(net, x)
     signature = program.graph_signature
     user = {spec.arg.name: spec for spec in signature.input_specs}
@@ -150,9 +152,7 @@ def port(net, x, xp=np, erf=None):
             if node.op == "call_function":
                 args = torch.fx.node.map_arg(node.args, env.__getitem__)
                 kwargs = torch.fx.node.map_arg(node.kwargs, env.__getitem__)
-                rule = OPS[node.target]
-                extra = {"erf": erf} if rule is _gelu else {}
-                env[node] = rule(xp, *args, **kwargs, **extra)
+                env[node] = rules[node.target](xp, *args, **kwargs)
             elif node.op == "output":
                 return env[node.args[0][0]]
 

@@ -35,6 +35,13 @@ def site_name(layer):
     return f"blocks.{layer}.attn.weights"
 
 
+def attention_logits(q, k, mask=None):
+    """Scaled dot-product logits ``q k^T / sqrt(dh)``, [..., H, T, T]; masked keys (``mask`` [B, T]) get -inf,
+    so no mass: what both the sampled attention and a centred prior's MAP network compute."""
+    logits = (q / math.sqrt(q.shape[-1])) @ k.transpose(-1, -2)
+    return logits if mask is None else logits.masked_fill(~mask[:, None, None, :], -math.inf)
+
+
 class SampledAttention:
     """The attention hook of an attention-space model: ``attend(q, k, v, mask, layer, params)``."""
 
@@ -46,9 +53,7 @@ class SampledAttention:
     def __call__(self, q, k, v, mask=None, layer=None, params=None):
         name = site_name(layer)
         pairs = pair_mask(mask)
-        logits = (q / math.sqrt(q.shape[-1])) @ k.transpose(-1, -2)
-        if pairs is not None:
-            logits = logits.masked_fill(~mask[:, None, None, :], -math.inf)  # masked keys get no mass
+        logits = attention_logits(q, k, mask)
         reference = None if self.reference is None else self.reference.rows.get(layer)
         site = Site(name, tuple(logits.shape[-3:]), k.shape[-2], "attention", context=KeyContext(k, pairs, reference))
         w = pyro.sample(name, self.priors[name](site),
@@ -105,10 +110,7 @@ class ReferenceAttention:
 
     def record(self, q, k, v, mask=None, layer=None, params=None):
         """Softmax attention, as the MAP network computes it, keeping its rows."""
-        logits = (q / math.sqrt(q.shape[-1])) @ k.transpose(-1, -2)
-        if mask is not None:
-            logits = logits.masked_fill(~mask[:, None, None, :], -math.inf)
-        self.rows[layer] = logits.softmax(-1)
+        self.rows[layer] = attention_logits(q, k, mask).softmax(-1)
         return self.rows[layer] @ v
 
     def forget(self, *_):
